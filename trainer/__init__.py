@@ -1,0 +1,1 @@
+"""Trainer runtime: runs on the instance. Must never import the orchestrator (survival)."""
