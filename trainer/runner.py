@@ -1,0 +1,439 @@
+"""The framework-agnostic training loop: checkpoints, notices, the lease and the records.
+
+Lifecycle of one attempt (one trainer process):
+  1. Parse flags (typed hyperparameters from the example), install the SIGTERM handler.
+  2. DONE in the job dir → exit 0 at once. Restore the newest checkpoint that verifies (a bad one
+     is skipped with a warning); hyperparameters differing from it → exit 64, nothing written.
+  3. Take the LEASE (exit 73 if another live writer holds it); a daemon thread refreshes it.
+     If a metadata server answers, daemon threads long-poll preempted / maintenance-event.
+  4. Loop until --train-steps: one step, metrics at a cadence, a periodic checkpoint every
+     --checkpoint-steps. Between steps the loop checks the notice flag: SIGTERM or preempted →
+     save (reason "notice") and exit 75; maintenance → save now and keep training.
+  5. At --train-steps: final checkpoint, export, DONE, attempt record, release the LEASE.
+A SIGKILLed attempt leaves its LEASE behind; the next attempt records it as "crashed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from trainer import exitcodes, gce
+from trainer.hparams import HParamError, add_flags, differences, resolve
+from trainer.jobdir import JobDir
+from trainer.lease import DEFAULT_STALE_SECONDS, Heartbeat, Lease, LeaseHeld
+from trainer.storage import StoreError, open_store
+from trainer.task import Task
+
+log = logging.getLogger("trainer")
+
+SLOW_CHECKPOINT_ENV = "SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS"  # test hook: widen the write window
+STOPPING_NOTICES = ("sigterm", "preempted")
+
+
+class Stop(Exception):
+    """Ends the attempt with an exit code after the records are written."""
+
+    def __init__(self, code: int, message: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser(task_cls: type[Task], prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=(task_cls.__doc__ or "").strip())
+    parser.add_argument(
+        "--job-dir",
+        default=os.environ.get("AIP_CHECKPOINT_DIR"),
+        help="local path or gs://bucket/prefix (default: $AIP_CHECKPOINT_DIR)",
+    )
+    parser.add_argument(
+        "--export-dir",
+        default=os.environ.get("AIP_MODEL_DIR"),
+        help="where the final model goes (default: $AIP_MODEL_DIR, else JOB_DIR/export)",
+    )
+    parser.add_argument(
+        "--train-steps",
+        type=int,
+        default=task_cls.default_train_steps,
+        help=f"train UP TO this many steps in total (default {task_cls.default_train_steps})",
+    )
+    parser.add_argument(
+        "--checkpoint-steps",
+        type=int,
+        default=task_cls.default_checkpoint_steps,
+        help="periodic checkpoint every K steps; 0: only notice and final saves "
+        f"(default {task_cls.default_checkpoint_steps}, ≤2%% overhead, see bench/)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds init and data order (default 0)")
+    parser.add_argument(
+        "--data-dir", default=None, help="DATA_DIR/digits.npz (X, y); default: bundled digits"
+    )
+    parser.add_argument(
+        "--keep-checkpoints", type=int, default=3, help="newest checkpoints kept (default 3)"
+    )
+    parser.add_argument(
+        "--lease-stale-seconds",
+        type=float,
+        default=float(os.environ.get("SURVIVAL_LEASE_STALE_SECONDS", DEFAULT_STALE_SECONDS)),
+        help="a LEASE without heartbeat for this long may be taken over "
+        f"(default $SURVIVAL_LEASE_STALE_SECONDS or {DEFAULT_STALE_SECONDS:.0f})",
+    )
+    parser.add_argument(
+        "--metrics-steps", type=int, default=10, help="metrics.jsonl cadence (default 10)"
+    )
+    parser.add_argument(
+        "--log-steps", type=int, default=100, help="progress line cadence (default 100)"
+    )
+    add_flags(parser, task_cls.hparams)
+    return parser
+
+
+class Runner:
+    def __init__(self, task_cls: type[Task], args: argparse.Namespace, hparams: dict) -> None:
+        self.task_cls = task_cls
+        self.args = args
+        self.hparams = hparams
+        self.job = JobDir.open(args.job_dir)
+        self.step = 0
+        self.notice_kind: str | None = None
+        self.notice_step: int | None = None
+        self.notices_seen: list[str] = []
+        self._notice_lock = threading.Lock()
+        self.metrics_buffer: list[dict] = []
+        self.metrics_keep_up_to: int | None = None
+        self.last_saved_step: int | None = None
+        self.save_seconds: list[float] = []
+
+    # ----- notices -------------------------------------------------------------------------
+    def on_notice(self, kind: str) -> None:
+        """Called from the signal handler or a watcher thread: only records the notice."""
+        with self._notice_lock:
+            if self.notice_kind in STOPPING_NOTICES:
+                return  # already stopping; a second notice changes nothing
+            self.notice_kind = kind
+            self.notice_step = self.step
+
+    def _take_notice(self) -> str | None:
+        with self._notice_lock:
+            kind, self.notice_kind = self.notice_kind, None
+            if kind in STOPPING_NOTICES:
+                self.notice_kind = kind  # stays set: later notices are ignored
+            return kind
+
+    # ----- checkpoints ---------------------------------------------------------------------
+    def save(self, reason: str) -> None:
+        if self.last_saved_step == self.step:
+            return
+        started = time.monotonic()
+        slow_seconds = float(os.environ.get(SLOW_CHECKPOINT_ENV, "0") or 0)
+
+        def before_manifest() -> None:
+            if slow_seconds > 0:
+                log.info(
+                    "checkpoint ckpt-%d: files written, manifest pending (test hook)", self.step
+                )
+                time.sleep(slow_seconds)
+
+        self.job.write_checkpoint(
+            self.step,
+            self.task.save,
+            {
+                "reason": reason,
+                "hparams": self.hparams,
+                "seed": self.args.seed,
+                "framework": self.task_cls.framework,
+                "versions": {"python": sys.version.split()[0], **self.task.versions()},
+                "created_unix": time.time(),
+                "attempt": self.attempt,
+            },
+            before_manifest,
+        )
+        self.last_saved_step = self.step
+        self.flush_metrics()
+        self.job.prune_checkpoints(self.args.keep_checkpoints)
+        with self.heartbeat.lock:
+            self.lease.heartbeat(step=self.step)
+        seconds = time.monotonic() - started
+        self.save_seconds.append(seconds)
+        log.info("checkpoint ckpt-%d saved (%s) in %.3fs", self.step, reason, seconds)
+
+    def flush_metrics(self) -> None:
+        # Metrics are flushed with each checkpoint so the file matches the saved trajectory.
+        if self.metrics_buffer or self.metrics_keep_up_to is not None:
+            self.job.write_metrics(self.metrics_buffer, self.metrics_keep_up_to)
+            self.metrics_buffer = []
+            self.metrics_keep_up_to = None
+
+    # ----- the attempt ---------------------------------------------------------------------
+    def check_config(self, manifest: dict | None) -> None:
+        if manifest is None:
+            return
+        saved = {**manifest.get("hparams", {}), "seed": manifest.get("seed")}
+        saved["framework"] = manifest.get("framework")
+        wanted = {**self.hparams, "seed": self.args.seed, "framework": self.task_cls.framework}
+        diff = differences(saved, wanted)
+        if diff:
+            raise Stop(
+                exitcodes.CONFIG,
+                f"hyperparameters differ from job {self.job.url} (checkpoint step "
+                f"{manifest['step']}):\n  "
+                + "\n  ".join(diff)
+                + "\nuse a new --job-dir, or rerun with the job's values",
+            )
+
+    def record_killed_attempt(self, recorded: list[dict]) -> int:
+        """Record an attempt that died without a record (its LEASE remains); next number."""
+        numbers = [int(a.get("attempt", 0)) for a in recorded]
+        previous = self.job.lease()
+        if previous and int(previous.get("attempt", 0)) not in numbers:
+            self.killed_lease = previous
+        else:
+            self.killed_lease = None
+        if self.killed_lease:
+            numbers.append(int(self.killed_lease.get("attempt", 0)))
+        return max(numbers, default=0) + 1
+
+    def run(self) -> int:
+        args = self.args
+        if self.job.done() is not None:
+            log.info("job %s is already DONE; nothing to do", self.job.url)
+            print(f"job {self.job.url} is already DONE", flush=True)
+            return exitcodes.OK
+
+        with tempfile.TemporaryDirectory(prefix="survival-restore-") as restore_dir:
+            manifest = self.job.restore_latest(Path(restore_dir))
+            self.check_config(manifest)
+
+            recorded = self.job.attempts()
+            self.attempt = self.record_killed_attempt(recorded)
+            on_gce = gce.probe()
+            self.lease = Lease(
+                self.job.store,
+                holder=gce.holder_name(on_gce),
+                attempt=self.attempt,
+                stale_seconds=args.lease_stale_seconds,
+                extra={"step": manifest["step"] if manifest else 0},
+            )
+            self.lease.acquire()  # raises LeaseHeld → 73
+            self.started_unix = self.lease.started_unix
+            try:
+                return self._run_with_lease(manifest, recorded, on_gce)
+            except Stop:
+                raise
+            except Exception:
+                log.error("training crashed:\n%s", traceback.format_exc())
+                self._record("crashed", None)
+                self._release()
+                return exitcodes.CRASHED
+
+    def _run_with_lease(self, manifest: dict | None, recorded: list[dict], on_gce: bool) -> int:
+        args = self.args
+        if self.killed_lease:
+            killed = self.killed_lease
+            self.job.append_attempt(
+                {
+                    "attempt": killed.get("attempt"),
+                    "start_unix": killed.get("started_unix"),
+                    "end_unix": killed.get("heartbeat_unix"),
+                    "resumed_from_step": killed.get("resumed_from_step"),
+                    "end_step": killed.get("step"),
+                    "end_reason": "crashed",
+                    "notice": None,
+                    "holder": killed.get("holder"),
+                    "note": "no record: the process was killed; end_* from its last heartbeat",
+                }
+            )
+        self.job.store.sweep_staging()
+        self.task = self.task_cls(self.hparams, args.seed, args.data_dir)
+        if manifest is not None:
+            self.task.restore(Path(manifest["local_path"]))
+            self.step = int(manifest["step"])
+            self.last_saved_step = self.step
+            log.info("resumed from ckpt-%d (%s)", self.step, manifest.get("reason"))
+        else:
+            log.info("starting from step 0")
+        self.resumed_from_step = self.step
+        self.metrics_keep_up_to = self.step
+        self.lease.extra.update(step=self.step, resumed_from_step=self.step)
+
+        interval = max(0.2, min(30.0, args.lease_stale_seconds / 4))
+        self.heartbeat = Heartbeat(self.lease, interval, lambda: {"step": self.step})
+        with self.heartbeat.lock:
+            self.lease.heartbeat()
+        self.heartbeat.start()
+        watchers = gce.start_watchers(self.on_notice) if on_gce else []
+        if on_gce:
+            log.info("watching metadata %s for preemption and maintenance", gce.metadata_host())
+        try:
+            return self._loop()
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+
+    def _loop(self) -> int:
+        args = self.args
+        loop_started = time.monotonic()
+        while True:
+            if self.lease.lost.is_set():
+                raise Stop(exitcodes.LEASE_HELD, "another writer took over the LEASE; stopping")
+            kind = self._take_notice()
+            if kind is not None:
+                self.notices_seen.append(kind)
+                log.warning("notice %r at step %d: saving now", kind, self.step)
+                if kind in STOPPING_NOTICES:
+                    started = time.monotonic()
+                    self.save("notice")
+                    save_seconds = time.monotonic() - started
+                    self._record("notice-saved", kind, save_seconds=save_seconds)
+                    self._release()
+                    log.warning(
+                        "saved ckpt-%d after %r in %.3fs; exiting", self.step, kind, save_seconds
+                    )
+                    return exitcodes.NOTICE_SAVED
+                self.save("notice")  # maintenance: save now, keep training
+            if self.step >= args.train_steps:
+                break
+            metrics = self.task.train_step(self.step)
+            self.step += 1
+            if args.metrics_steps and self.step % args.metrics_steps == 0:
+                self.metrics_buffer.append(
+                    {"step": self.step, **metrics, "unix": time.time(), "attempt": self.attempt}
+                )
+            if args.log_steps and self.step % args.log_steps == 0:
+                log.info("step %d loss %.6f", self.step, metrics.get("loss", float("nan")))
+            if (
+                args.checkpoint_steps
+                and self.step % args.checkpoint_steps == 0
+                and self.step < args.train_steps
+            ):
+                self.save("periodic")
+        self.loop_seconds = time.monotonic() - loop_started
+        self.save("final")
+        self.finish()
+        return exitcodes.OK
+
+    def finish(self) -> None:
+        with tempfile.TemporaryDirectory(prefix="survival-export-") as tmp:
+            self.task.export(Path(tmp))
+            if self.args.export_dir:
+                store = open_store(self.args.export_dir)
+                for path in sorted(Path(tmp).rglob("*")):
+                    if path.is_file():
+                        store.upload(path, path.relative_to(tmp).as_posix())
+                exported = store.url
+            else:
+                exported = self.job.export_dir(Path(tmp))
+        record = self._record("completed", None)
+        attempts = self.job.attempts()
+        summary = {
+            "steps": self.step,
+            "wall_seconds": round(
+                time.time() - min(a.get("start_unix") or record["start_unix"] for a in attempts), 3
+            ),
+            "attempt_seconds": round(
+                sum((a.get("end_unix") or 0) - (a.get("start_unix") or 0) for a in attempts), 3
+            ),
+            "attempts": len(attempts),
+            "notices": sum(
+                len(a.get("notices_seen") or ([a["notice"]] if a.get("notice") else []))
+                for a in attempts
+            ),
+            "lost_steps": lost_steps(attempts),
+            "crashes": sum(1 for a in attempts if a.get("end_reason") == "crashed"),
+            "framework": self.task_cls.framework,
+            "exported": exported,
+            "seed": self.args.seed,
+            "hparams": self.hparams,
+            "final_metrics": self.job.metrics()[-1] if self.job.metrics() else None,
+            "finished_unix": time.time(),
+        }
+        self.job.write_done(summary)
+        self._release()
+        log.info("DONE: %d steps, %d attempts, exported to %s", self.step, len(attempts), exported)
+
+    def _record(self, end_reason: str, notice: str | None, **extra: Any) -> dict:
+        record = {
+            "attempt": self.attempt,
+            "start_unix": self.started_unix,
+            "end_unix": time.time(),
+            "resumed_from_step": getattr(self, "resumed_from_step", None),
+            "end_step": self.last_saved_step if end_reason != "crashed" else self.step,
+            "end_reason": end_reason,
+            "notice": notice,
+            "notice_step": self.notice_step if notice else None,
+            "notices_seen": list(self.notices_seen),
+            "holder": self.lease.holder,
+            "pid": os.getpid(),
+            "loop_seconds": getattr(self, "loop_seconds", None),
+            "checkpoint_saves": len(self.save_seconds),
+            "checkpoint_seconds_total": round(sum(self.save_seconds), 4),
+            **extra,
+        }
+        self.job.append_attempt(record)
+        return record
+
+    def _release(self) -> None:
+        heartbeat = getattr(self, "heartbeat", None)
+        if heartbeat is not None and heartbeat.is_alive():
+            heartbeat.stop()
+        self.lease.release()
+
+
+def lost_steps(attempts: list[dict]) -> int:
+    """Steps trained but not saved before an attempt ended (a lower bound for killed attempts)."""
+    lost = 0
+    for before, after in zip(attempts, attempts[1:], strict=False):
+        end_step = before.get("end_step")
+        resumed = after.get("resumed_from_step")
+        if end_step is not None and resumed is not None:
+            lost += max(0, int(end_step) - int(resumed))
+    return lost
+
+
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main(task_cls: type[Task], argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Entry point for an example module: ``sys.exit(main(MyTask))``."""
+    parser = build_parser(task_cls, prog or f"python -m {task_cls.__module__}")
+    args = parser.parse_args(argv)
+    if not args.job_dir:
+        parser.error("--job-dir is required (or set AIP_CHECKPOINT_DIR)")
+    for flag in ("train_steps", "checkpoint_steps", "metrics_steps", "log_steps"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be ≥ 0")
+    if args.keep_checkpoints < 1:
+        parser.error("--keep-checkpoints must be ≥ 1")
+    try:
+        hparams = resolve(task_cls.hparams, args)
+    except HParamError as error:
+        parser.error(str(error))
+    _configure_logging()
+    try:
+        runner = Runner(task_cls, args, hparams)
+    except StoreError as error:
+        parser.error(str(error))
+    # Installed before the (slow) framework import and restore, so an early SIGTERM counts.
+    signal.signal(signal.SIGTERM, lambda signum, frame: runner.on_notice("sigterm"))
+    try:
+        return runner.run()
+    except LeaseHeld as error:
+        print(f"error: {error}", file=sys.stderr)
+        return exitcodes.LEASE_HELD
+    except Stop as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return stop.code
