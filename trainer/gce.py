@@ -68,7 +68,7 @@ def metadata_get(
 
 def probe(timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> bool:
     """True when a metadata server answers GET / with ``Metadata-Flavor: Google``."""
-    request = urllib.request.Request(f"http://{metadata_host()}/", headers=HEADERS)  # noqa: S310
+    request = urllib.request.Request(f"http://{metadata_host()}/", headers=HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=timeout_seconds) as resp:  # noqa: S310
             return resp.status == 200 and resp.headers.get("Metadata-Flavor") == "Google"

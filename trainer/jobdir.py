@@ -149,7 +149,7 @@ class JobDir:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.store.download(f"{name}/{rel}", target)
-            except (FileNotFoundError, OSError, Exception) as error:  # noqa: BLE001
+            except (FileNotFoundError, OSError, Exception) as error:
                 log.warning("checkpoint %s: cannot read %s (%s); skipping it", name, rel, error)
                 return None
             if sha256_file(target) != expected.get("sha256"):

@@ -153,5 +153,5 @@ class Heartbeat(threading.Thread):
                     if not self.lease.heartbeat(**self.progress()):
                         log.error("the LEASE was taken over by another writer")
                         return
-            except Exception as error:  # noqa: BLE001 - a storage hiccup must not kill training
+            except Exception as error:
                 log.warning("lease heartbeat failed (%s); will retry", error)

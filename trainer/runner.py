@@ -16,6 +16,7 @@ A SIGKILLed attempt leaves its LEASE behind; the next attempt records it as "cra
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import signal
@@ -104,6 +105,7 @@ class Runner:
         self.hparams = hparams
         self.job = JobDir.open(args.job_dir)
         self.step = 0
+        self.reached_step = 0  # the step count once the step in progress (if any) finishes
         self.notice_kind: str | None = None
         self.notice_step: int | None = None
         self.notices_seen: list[str] = []
@@ -120,11 +122,15 @@ class Runner:
             if self.notice_kind in STOPPING_NOTICES:
                 return  # already stopping; a second notice changes nothing
             self.notice_kind = kind
-            self.notice_step = self.step
+            # The step in progress is finished before saving, so it counts as reached.
+            self.notice_step = self.reached_step
 
     def _take_notice(self) -> str | None:
         with self._notice_lock:
             kind, self.notice_kind = self.notice_kind, None
+            if kind is not None and self.notice_step is not None:
+                # Claimed a step but noticed before running it: nothing beyond self.step.
+                self.notice_step = min(self.notice_step, self.step)
             if kind in STOPPING_NOTICES:
                 self.notice_kind = kind  # stays set: later notices are ignored
             return kind
@@ -256,7 +262,7 @@ class Runner:
         self.task = self.task_cls(self.hparams, args.seed, args.data_dir)
         if manifest is not None:
             self.task.restore(Path(manifest["local_path"]))
-            self.step = int(manifest["step"])
+            self.step = self.reached_step = int(manifest["step"])
             self.last_saved_step = self.step
             log.info("resumed from ckpt-%d (%s)", self.step, manifest.get("reason"))
         else:
@@ -302,6 +308,12 @@ class Runner:
                 self.save("notice")  # maintenance: save now, keep training
             if self.step >= args.train_steps:
                 break
+            # Claim the step, then look again: a notice that arrived in between is handled
+            # before the step runs, so the saved step always equals notice_step.
+            self.reached_step = self.step + 1
+            if self.notice_kind is not None:
+                self.reached_step = self.step
+                continue
             metrics = self.task.train_step(self.step)
             self.step += 1
             if args.metrics_steps and self.step % args.metrics_steps == 0:
@@ -391,7 +403,7 @@ class Runner:
 def lost_steps(attempts: list[dict]) -> int:
     """Steps trained but not saved before an attempt ended (a lower bound for killed attempts)."""
     lost = 0
-    for before, after in zip(attempts, attempts[1:], strict=False):
+    for before, after in itertools.pairwise(attempts):
         end_step = before.get("end_step")
         resumed = after.get("resumed_from_step")
         if end_step is not None and resumed is not None:
@@ -405,6 +417,7 @@ def _configure_logging() -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("absl").setLevel(logging.WARNING)  # TF's checkpoint chatter
 
 
 def main(task_cls: type[Task], argv: list[str] | None = None, prog: str | None = None) -> int:

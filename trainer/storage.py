@@ -76,7 +76,7 @@ class Store:
         self.write(name, Path(local_path).read_bytes())
 
     def delete_tree(self, prefix: str, first: str | None = None) -> None:
-        """Delete every file under ``prefix/``; ``first`` (e.g. the manifest) goes before the rest."""
+        """Delete every file under ``prefix/``; ``first`` (e.g. the manifest) goes first."""
         names = self.list(prefix.rstrip("/") + "/")
         if first is not None and f"{prefix}/{first}" in names:
             names.remove(f"{prefix}/{first}")
