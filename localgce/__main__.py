@@ -1,0 +1,100 @@
+"""`python -m localgce serve|start|stop|status --state-dir DIR [knobs]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from localgce import daemon
+from localgce.config import Knobs
+
+DEFAULT_STATE_DIR = ".localgce"
+
+
+def _knob_args(parser: argparse.ArgumentParser) -> None:
+    defaults = Knobs()
+    group = parser.add_argument_group("knobs (saved in the state dir; GCE's values by default)")
+    group.add_argument(
+        "--exhausted-zones",
+        default=None,
+        help="comma-separated zones whose inserts fail with ZONE_RESOURCE_POOL_EXHAUSTED",
+    )
+    for name, text in [
+        ("preemption_rate_per_hour", "random preemptions per Spot VM per hour"),
+        ("grace_spot_seconds", "shutdown window of Spot/preemptible VMs"),
+        ("grace_standard_seconds", "shutdown window of standard VMs"),
+        ("maintenance_notice_seconds", "maintenance-event notice before a host-maintenance stop"),
+        ("operation_delay_seconds", "keep operations RUNNING this long (0: DONE at once)"),
+    ]:
+        group.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            default=None,
+            help=f"{text} (default {getattr(defaults, name):g})",
+        )
+
+
+def _knobs(args: argparse.Namespace) -> dict:
+    knobs = {}
+    for name in (
+        "preemption_rate_per_hour",
+        "grace_spot_seconds",
+        "grace_standard_seconds",
+        "maintenance_notice_seconds",
+        "operation_delay_seconds",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            head, *rest = name.split("_")
+            knobs[head + "".join(p.capitalize() for p in rest)] = value
+    if args.exhausted_zones is not None:
+        knobs["exhaustedZones"] = [z for z in args.exhausted_zones.split(",") if z]
+    return knobs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m localgce", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in [
+        ("serve", "run the emulator in the foreground"),
+        ("start", "start the emulator in the background; print its endpoints once listening"),
+        ("stop", "stop the emulator and every instance process"),
+        ("status", "print the endpoints if the emulator is running (exit 1 if not)"),
+    ]:
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument(
+            "--state-dir",
+            type=Path,
+            default=Path(DEFAULT_STATE_DIR),
+            help=f"where state, disks and endpoints.json live (default {DEFAULT_STATE_DIR})",
+        )
+        if name in ("serve", "start"):
+            cmd.add_argument("--no-ssh", action="store_true", help="do not run a per-instance sshd")
+            _knob_args(cmd)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        if args.command == "serve":
+            return daemon.serve(args.state_dir, _knobs(args), ssh_enabled=not args.no_ssh)
+        if args.command == "start":
+            print(
+                json.dumps(daemon.start(args.state_dir, _knobs(args), ssh_enabled=not args.no_ssh))
+            )
+            return 0
+        if args.command == "stop":
+            stopped = daemon.stop(args.state_dir)
+            print("stopped" if stopped else "not running")
+            return 0
+        endpoints = daemon.status(args.state_dir)
+        print(json.dumps(endpoints) if endpoints else "not running")
+        return 0 if endpoints else 1
+    except daemon.DaemonError as exc:
+        print(f"localgce: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The localgce daemon: `serve` in the foreground, `start` (daemonized), `stop`, `status`.
+
+`serve` holds an exclusive lock on STATE_DIR/daemon.lock for its lifetime (one daemon per state
+dir), starts fake-gcs-server and the compute endpoint on 127.0.0.1, reboots instances that were
+RUNNING, and only then writes STATE_DIR/endpoints.json. SIGTERM/SIGINT stop every instance's
+processes, fake-gcs-server, and remove endpoints.json.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict
+from pathlib import Path
+
+from localgce import procs
+from localgce.app import build_router
+from localgce.config import Knobs
+from localgce.httpserver import start_server
+from localgce.lifecycle import Lifecycle, daemon_tag
+from localgce.state import Store
+from localgce.storage import start_storage
+
+log = logging.getLogger("localgce")
+ENDPOINTS_FILE = "endpoints.json"
+LOCK_FILE = "daemon.lock"
+LOG_FILE = "localgce.log"
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 60.0
+HEALTH_TIMEOUT_SECONDS = 2.0
+
+
+class DaemonError(RuntimeError):
+    """A daemon could not be started or stopped; the message says what to do."""
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) -> int:
+    """Run in the foreground until SIGTERM/SIGINT. `knobs`: camelCase overrides of saved ones."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the daemon's lifetime
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DaemonError(
+            f"another localgce daemon is serving {state_dir}; stop it with "
+            f"`python -m localgce stop --state-dir {state_dir}`"
+        ) from None
+    (state_dir / "git").mkdir(exist_ok=True)
+    store = Store(state_dir)
+    store.load()
+    if knobs:
+        with store.lock:
+            store.knobs.update_from_json(knobs)
+    with store.lock:
+        store.commit()
+
+    stop_event = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_event.set())
+
+    storage = start_storage(state_dir / "storage", log_path=state_dir / "fake-gcs-server.log")
+    endpoints = {"storage": storage.url, "pid": os.getpid(), "git": str(state_dir / "git")}
+    lifecycle = Lifecycle(store, state_dir, storage.url, ssh_enabled=ssh_enabled)
+    compute = None
+    try:
+        router = build_router(store, lifecycle, endpoints)
+        compute = start_server(router.dispatch, name="compute")
+        endpoints["compute"] = compute.url
+        lifecycle.resume()
+        _write_json_atomic(
+            state_dir / ENDPOINTS_FILE,
+            {
+                "compute": compute.url,
+                "storage": storage.url,
+                "pid": os.getpid(),
+                "git": endpoints["git"],
+            },
+        )
+        log.info(
+            "localgce serving %s (compute %s, storage %s)", state_dir, compute.url, storage.url
+        )
+        stop_event.wait()
+    finally:
+        log.info("localgce stopping")
+        (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+        lifecycle.close()
+        if compute is not None:
+            compute.stop()
+        storage.stop()
+        lock.close()
+    return 0
+
+
+# --- the controlling side: start / stop / status ------------------------------------------------
+def read_endpoints(state_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(state_dir) / ENDPOINTS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def healthy(endpoints: dict) -> bool:
+    try:
+        with urllib.request.urlopen(  # noqa: S310 - our own loopback URL
+            f"{endpoints['compute']}/localgce/v1/health", timeout=HEALTH_TIMEOUT_SECONDS
+        ) as resp:
+            return resp.status == 200 and json.load(resp).get("pid") == endpoints.get("pid")
+    except (urllib.error.URLError, OSError, ValueError, KeyError):
+        return False
+
+
+def status(state_dir: Path) -> dict | None:
+    """The endpoints of a healthy daemon serving `state_dir`, or None."""
+    endpoints = read_endpoints(state_dir)
+    if endpoints and _alive(endpoints.get("pid", 0)) and healthy(endpoints):
+        return endpoints
+    return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not running
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def knob_flags(knobs: dict) -> list[str]:
+    """camelCase or snake_case knobs → `serve` flags."""
+    defaults = asdict(Knobs())
+    flags = []
+    for key, value in knobs.items():
+        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+        if snake not in defaults:
+            raise DaemonError(f"unknown localgce knob {key!r}; known: {sorted(defaults)}")
+        flag = "--" + snake.replace("_", "-")
+        if snake == "exhausted_zones":
+            flags += [flag, ",".join(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def start(
+    state_dir: Path,
+    knobs: dict | None = None,
+    ssh_enabled: bool = True,
+    timeout_seconds: float = START_TIMEOUT_SECONDS,
+) -> dict:
+    """Daemonize `serve` (new session, survives the caller); return its endpoints once listening."""
+    state_dir = Path(state_dir).resolve()
+    running = status(state_dir)
+    if running:
+        return running
+    state_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "localgce",
+        "serve",
+        "--state-dir",
+        str(state_dir),
+        *knob_flags(knobs or {}),
+    ]
+    if not ssh_enabled:
+        argv.append("--no-ssh")
+    with open(state_dir / LOG_FILE, "ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=str(state_dir),
+        )
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        endpoints = read_endpoints(state_dir)
+        if endpoints and endpoints.get("pid") == process.pid and healthy(endpoints):
+            return endpoints
+        if process.poll() is not None:
+            raise DaemonError(
+                f"localgce exited with status {process.returncode} while starting; "
+                f"see {state_dir / LOG_FILE}"
+            )
+        time.sleep(0.05)
+    process.terminate()
+    raise DaemonError(
+        f"localgce did not start within {timeout_seconds:g} s; see {state_dir / LOG_FILE}"
+    )
+
+
+def stop(state_dir: Path, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> bool:
+    """Stop the daemon serving `state_dir` and every instance process. False if none was running."""
+    state_dir = Path(state_dir).resolve()
+    endpoints = read_endpoints(state_dir)
+    pid = (endpoints or {}).get("pid", 0)
+    was_running = _alive(pid) and _is_localgce(pid)
+    if was_running:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_seconds
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid):
+            # Its session holds fake-gcs-server too; instance processes have their own sessions.
+            procs.signal_groups([pid], signal.SIGKILL)
+    # Whatever happened to the daemon, no guest process of this state dir may survive it.
+    tag = daemon_tag(state_dir)
+    procs.kill_everything([], procs.marker_bytes(f"{tag}:"), prefix_only=True)
+    if not _alive(pid):
+        (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+    return was_running
+
+
+def _is_localgce(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"localgce" in fh.read()
+    except OSError:
+        return False
