@@ -1,0 +1,192 @@
+"""The supervisor against a fake cloud and a fake job dir: restarts, zone moves, DONE, FAILED,
+chaos. No sleeping: the clock and sleep are injected."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from survival.chaos import Chaos
+from survival.compute import InstanceInfo
+from survival.errors import CapacityError
+from survival.supervisor import JobFailed, Supervisor, Timing
+
+
+class FakeJobDir:
+    def __init__(self):
+        self.done_marker = None
+        self.failed_marker = None
+        self.attempt_records = []
+        self.lease_record = None
+
+    def done(self):
+        return self.done_marker
+
+    def failed(self):
+        return self.failed_marker
+
+    def attempts(self):
+        return self.attempt_records
+
+    def lease(self):
+        return self.lease_record
+
+    def checkpoint_steps(self):
+        return []
+
+    def read_manifest(self, step):
+        return None
+
+
+class FakeCompute:
+    """Instances by (zone, name); a script of callbacks run on each get (the 'world')."""
+
+    project = "p"
+
+    def __init__(self, full_zones=()):
+        self.instances = {}
+        self.full_zones = set(full_zones)
+        self.calls = []
+        self.on_get = []
+
+    def _info(self, zone, name):
+        return InstanceInfo(name, zone, self.instances[(zone, name)], "SPOT", {}, {}, None)
+
+    def insert_instance(self, zone, body):
+        self.calls.append(("insert", zone))
+        if zone in self.full_zones:
+            raise CapacityError(zone, "ZONE_RESOURCE_POOL_EXHAUSTED", "full")
+        self.instances[(zone, body["name"])] = "RUNNING"
+
+    def get_instance(self, zone, name):
+        if self.on_get:
+            self.on_get.pop(0)(self)
+        return self._info(zone, name) if (zone, name) in self.instances else None
+
+    def start_instance(self, zone, name):
+        self.calls.append(("start", zone))
+        if zone in self.full_zones:
+            raise CapacityError(zone, "ZONE_RESOURCE_POOL_EXHAUSTED", "full")
+        self.instances[(zone, name)] = "RUNNING"
+
+    def delete_instance(self, zone, name):
+        self.calls.append(("delete", zone))
+        self.instances.pop((zone, name), None)
+
+    def preempt_instance(self, zone, name):
+        self.calls.append(("preempt", zone))
+        self.instances[(zone, name)] = "TERMINATED"
+
+    def serial_output(self, zone, name, start=0):
+        return "", start
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def make(compute, job_dir, zones=("z-a", "z-b"), chaos=None, max_restarts=5):
+    clock = Clock()
+    lines = []
+    sup = Supervisor(
+        compute, name="job", zone=zones[0], zones=zones, job_dir=job_dir,
+        make_body=lambda zone: {"name": "job", "zone": zone}, max_restarts=max_restarts,
+        out=lines.append, chaos=chaos, timing=Timing(1.0, 2.0, 8.0), clock=clock,
+        sleep=clock.sleep,
+    )  # fmt: skip
+    return sup, lines, clock
+
+
+def test_restarts_terminated_until_done():
+    compute, job = FakeCompute(), FakeJobDir()
+    compute.instances[("z-a", "job")] = "TERMINATED"
+    starts = []
+
+    def finish(c):
+        if len([x for x in c.calls if x[0] == "start"]) >= 2:
+            job.done_marker = {"steps": 10, "attempts": 3}
+        elif c.instances[("z-a", "job")] == "RUNNING":
+            starts.append(1)
+            c.instances[("z-a", "job")] = "TERMINATED"  # preempted again
+
+    compute.on_get = [finish] * 50
+    sup, _, clock = make(compute, job)
+    outcome = sup.run()
+    assert outcome.restarts == 2 and outcome.progress.done == {"steps": 10, "attempts": 3}
+    assert [c for c in compute.calls if c[0] == "start"] == [("start", "z-a"), ("start", "z-a")]
+    assert clock.now >= 2.0  # backoff applied between restarts
+
+
+def test_capacity_on_start_moves_to_next_zone():
+    compute, job = FakeCompute(full_zones={"z-a"}), FakeJobDir()
+    compute.instances[("z-a", "job")] = "TERMINATED"
+
+    def done_when_moved(c):
+        if ("z-b", "job") in c.instances:
+            job.done_marker = {"steps": 1}
+
+    compute.on_get = [done_when_moved] * 20
+    sup, lines, _ = make(compute, job)
+    outcome = sup.run()
+    assert outcome.zone == "z-b" and outcome.zone_moves == 1
+    assert ("delete", "z-a") in compute.calls and ("insert", "z-b") in compute.calls
+    assert any("out of capacity" in line for line in lines)
+
+
+def test_failed_marker_stops_with_reason():
+    compute, job = FakeCompute(), FakeJobDir()
+    compute.instances[("z-a", "job")] = "TERMINATED"
+    job.failed_marker = {"reason": "validation error: trainer-branch"}
+    sup, _, _ = make(compute, job)
+    with pytest.raises(JobFailed, match="validation error: trainer-branch"):
+        sup.run()
+
+
+def test_gives_up_after_max_restarts():
+    compute, job = FakeCompute(), FakeJobDir()
+    compute.instances[("z-a", "job")] = "TERMINATED"
+
+    def stop_again(c):
+        c.instances[("z-a", "job")] = "TERMINATED"
+
+    compute.on_get = [stop_again] * 100
+    sup, _, _ = make(compute, job, max_restarts=2)
+    with pytest.raises(JobFailed, match="gave up after 2 restarts"):
+        sup.run()
+
+
+def test_chaos_fires_once_per_attempt_at_its_target():
+    compute, job = FakeCompute(), FakeJobDir()
+    compute.instances[("z-a", "job")] = "RUNNING"
+    chaos = Chaos([5, 12])
+    steps = iter([2, 6, 6, 7, 13, 20])
+
+    def world(c):
+        try:
+            step = next(steps)
+        except StopIteration:
+            job.done_marker = {"steps": 20}
+            return
+        attempt = 1 + len([x for x in c.calls if x[0] == "preempt"])
+        job.lease_record = {"step": step, "attempt": attempt, "resumed_from_step": 0}
+
+    compute.on_get = [world] * 40
+    sup, _, _ = make(compute, job, chaos=chaos)
+    outcome = sup.run()
+    assert outcome.chaos_fired == [5, 12]
+    assert len([c for c in compute.calls if c[0] == "preempt"]) == 2
+
+
+def test_chaos_plan_spreads_targets():
+    plan = Chaos.plan(2, 100, random.Random(7))
+    assert len(plan.targets) == 2 and plan.targets[0] < plan.targets[1]
+    assert all(15 <= t <= 75 for t in plan.targets)
+    assert Chaos.plan(0, 100, random.Random(1)).targets == []
