@@ -217,6 +217,18 @@ startup::run_as() {
     STARTUP_RUN_AS=(setpriv "--reuid=${STARTUP_NOBODY_ID}" "--regid=${STARTUP_NOBODY_ID}" --clear-groups
       env "HOME=${home}" "TMPDIR=${home}/tmp" "USER=nobody" "LOGNAME=nobody")
   fi
+  # The image's Python must be usable by that user (real images: /opt/survival/venv, world
+  # readable). A localgce image may point into a private directory of the host (e.g. a venv
+  # under /root): there only, run as the current user and say so; on GCE it is an error.
+  if ! "${STARTUP_RUN_AS[@]}" "${STARTUP_PYTHON}" -I -c '' >/dev/null 2>&1; then
+    if [[ -n "${STARTUP_ROOT}" ]]; then
+      startup::log "WARNING: ${STARTUP_PYTHON} is not executable by ${STARTUP_RUN_AS[1]#--reuid=} (a private parent directory on the host); localgce only: running the trainer as $(id -un)"
+      STARTUP_RUN_AS=()
+      return 0
+    fi
+    STARTUP_REASON="the image's Python ${STARTUP_PYTHON} cannot be run by ${STARTUP_RUN_AS[1]#--reuid=}"
+    return 1
+  fi
   startup::log "running the trainer as ${STARTUP_RUN_AS[1]#--reuid=}"
 }
 
@@ -359,7 +371,11 @@ startup::main() {
     startup::poweroff
     return 1
   fi
-  startup::run_as
+  if ! startup::run_as; then
+    startup::mark_failed "${STARTUP_REASON}"
+    startup::poweroff
+    return 1
+  fi
 
   local crashes=0 attempt
   while true; do

@@ -99,20 +99,20 @@ class GoogleCompute:
             self._clients[kind] = cls(**self._client_kwargs)
         return self._clients[kind]
 
-    def _call(self, fn: Callable[..., Any], zone: str, **kwargs: Any) -> Any:
-        """Run one API call, mapping HTTP errors onto the taxonomy."""
+    def _call(self, fn: Callable[..., Any], where: str, /, **kwargs: Any) -> Any:
+        """Run one API call, mapping HTTP errors onto the taxonomy (``where``: for messages)."""
         exc = _api_exceptions()
         try:
             return fn(**kwargs)
         except (exc.ServiceUnavailable, exc.TooManyRequests, exc.InternalServerError,
                 exc.GatewayTimeout, exc.DeadlineExceeded) as err:  # fmt: skip
-            raise TransientError(f"{zone}: {err.message}") from err
+            raise TransientError(f"{where}: {err.message}") from err
         except exc.Conflict as err:
             raise ConfigError(
                 f"{err.message}: pick another --name or remove it with `invoke down NAME`"
             ) from err
         except exc.BadRequest as err:
-            raise ConfigError(f"{zone}: the API rejected the request: {err.message}") from err
+            raise ConfigError(f"{where}: the API rejected the request: {err.message}") from err
         except exc.Forbidden as err:
             raise ConfigError(
                 f"{err.message}: check the project id and that your account may use Compute Engine"
@@ -208,12 +208,9 @@ class GoogleCompute:
         out = self._call(
             client.get_serial_port_output,
             zone,
-            project=self.project,
-            zone=zone,
-            instance=name,
-            port=1,
-            start=start,
-        )
+            request={"project": self.project, "zone": zone, "instance": name, "port": 1,
+                     "start": start},
+        )  # fmt: skip
         return out.contents, int(out.next_)
 
     # --- images and project metadata -------------------------------------------------------
