@@ -69,7 +69,6 @@ class Operations:
                 "name": name,
                 "operationType": op_type,
                 "targetLink": links.url(target_path),
-                "targetId": target_id,
                 "status": "RUNNING",
                 "user": "localgce@localhost",
                 "progress": 0,
@@ -80,6 +79,8 @@ class Operations:
                 "_project": project,
                 "_zone": zone,
             }
+            if target_id:
+                op["targetId"] = target_id
             if zone:
                 op["zone"] = links.url(f"projects/{project}/zones/{zone}")
             if request_id:

@@ -1,0 +1,212 @@
+"""Acceptance 1 and the lifecycle verbs, through google-cloud-compute only."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+
+import pytest
+from google.api_core import exceptions
+from google.cloud import compute_v1, storage
+
+from tests.localgce.conftest import MD_GET, PROJECT, ZONE, instance_resource, unique, wait_for
+
+SPOT_STARTUP = f"""#!/bin/bash
+echo "METADATA_HOST=$GCE_METADATA_HOST"
+echo "boot-marker preempted=$({MD_GET} instance/preempted)"
+on_term() {{
+  echo "SIGTERM seen preempted=$({MD_GET} instance/preempted)"
+  exit 0
+}}
+trap on_term TERM
+sleep 600 &
+wait $!
+"""
+SHUTDOWN = f"""#!/bin/bash
+echo "shutdown-script ran preempted=$({MD_GET} instance/preempted)"
+"""
+
+
+@pytest.mark.slow
+def test_spot_preemption_round_trip(compute, image):
+    name = unique("spot")
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(name, image, startup=SPOT_STARTUP, shutdown=SHUTDOWN),
+    ).result()
+    assert compute.status(name) == "RUNNING"
+    got = compute.get(name)
+    assert got.scheduling.provisioning_model == "SPOT"
+    assert got.scheduling.automatic_restart is False  # GCE's default for Spot, filled in
+    assert got.scheduling.instance_termination_action == "STOP"
+
+    text = compute.wait_serial(name, r"startup-script: boot-marker preempted=FALSE")
+    assert re.search(
+        r"\w{3} [ \d]\d \d\d:\d\d:\d\d \S+ google_metadata_script_runner\[\d+\]: "
+        r"startup-script: boot-marker",
+        text,
+    )
+    assert "Found startup-script in metadata." in text
+
+    preempt_url = (
+        f"{compute.endpoints['compute']}/compute/v1/projects/{PROJECT}/zones/{ZONE}"
+        f"/instances/{name}/preempt"
+    )
+    with urllib.request.urlopen(urllib.request.Request(preempt_url, method="POST")) as resp:
+        assert b'"status": "DONE"' in resp.read()
+
+    compute.wait_status(name, "TERMINATED")
+    text = compute.serial(name)
+    assert "startup-script: SIGTERM seen preempted=TRUE" in text
+    assert "shutdown-script: shutdown-script ran preempted=TRUE" in text
+    assert text.index("Instance was preempted.") < text.index("SIGTERM seen")
+
+    compute.instances.start(project=PROJECT, zone=ZONE, instance=name).result()
+    assert compute.status(name) == "RUNNING"
+    text = compute.wait_serial(name, r"startup-script: boot-marker preempted=FALSE", count=2)
+    assert text.count("Booting") == 2
+
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    with pytest.raises(exceptions.NotFound):
+        compute.get(name)
+
+
+@pytest.mark.slow
+def test_stop_start_keeps_disk_and_stop_runs_shutdown_script(compute, image):
+    name = unique("std")
+    startup = (
+        '#!/bin/bash\necho "METADATA_HOST=$GCE_METADATA_HOST"\n'
+        'echo "boots=$(( $(cat "$LOCALGCE_ROOT/boots" 2>/dev/null || echo 0) + 1 ))" '
+        '| tee /dev/stderr | cut -d= -f2 > "$LOCALGCE_ROOT/boots.new"\n'
+        'mv "$LOCALGCE_ROOT/boots.new" "$LOCALGCE_ROOT/boots"\n'
+        'echo "home=$HOME root=$LOCALGCE_ROOT venv=$VIRTUAL_ENV"\n'
+        'echo "first-on-path=$(command -v shutdown)"\n'
+        'echo "project=$GOOGLE_CLOUD_PROJECT mtls=$GCE_METADATA_MTLS_MODE"\n'
+    )
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(
+            name, image, startup=startup, shutdown="echo bye-from-shutdown", spot=False
+        ),
+    ).result()
+    text = compute.wait_serial(name, r"startup-script: boots=1")
+    root = re.search(r"root=(\S+)", text).group(1)
+    assert re.search(rf"home={re.escape(root)}/\S+", text)
+    assert re.search(r"first-on-path=\S+/guest-bin/shutdown", text)
+    assert f"project={PROJECT} mtls=none" in text
+    assert "venv=" in text and "/venv" in text
+
+    compute.instances.stop(project=PROJECT, zone=ZONE, instance=name).result()
+    got = compute.get(name)
+    assert got.status == "TERMINATED"
+    assert got.last_stop_timestamp
+    assert "shutdown-script: bye-from-shutdown" in compute.serial(name)
+
+    compute.instances.start(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.wait_serial(name, r"startup-script: boots=2")  # the disk survived the stop
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+
+
+@pytest.mark.slow
+def test_guest_shutdown_uses_the_shim_not_the_host(compute, image):
+    name = unique("guestoff")
+    startup = "#!/bin/bash\necho before-shutdown\nshutdown -h now\nsleep 600 & wait $!\n"
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(
+            name, image, startup=startup, shutdown="echo guest-shutdown-script", spot=False
+        ),
+    ).result()
+    compute.wait_status(name, "TERMINATED")
+    text = compute.serial(name)
+    assert "Guest poweroff" in text
+    assert "shutdown-script: guest-shutdown-script" in text
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+
+
+@pytest.mark.slow
+def test_spot_delete_action_deletes_on_preemption(compute, image):
+    name = unique("spotdel")
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(
+            name,
+            image,
+            startup="sleep 600",
+            scheduling={"instance_termination_action": "DELETE"},
+        ),
+    ).result()
+    # simulateMaintenanceEvent on a Spot VM is a preemption (gce-semantics §2.5).
+    compute.instances.simulate_maintenance_event(project=PROJECT, zone=ZONE, instance=name).result()
+
+    def gone():
+        try:
+            compute.get(name)
+        except exceptions.NotFound:
+            return True
+        return False
+
+    wait_for(gone, what=f"{name} to be deleted by its preemption")
+
+
+def test_exhausted_zone_fails_the_operation_with_503(compute, image, lg):
+    from localgce.client import set_config
+
+    set_config(lg, exhausted_zones=["europe-west4-b"])
+    try:
+        op = compute.instances.insert(
+            project=PROJECT,
+            zone="europe-west4-b",
+            instance_resource=instance_resource(unique("full"), image),
+        )
+        with pytest.raises(exceptions.ServiceUnavailable) as err:
+            op.result()
+        assert [e.code for e in err.value.errors] == ["ZONE_RESOURCE_POOL_EXHAUSTED"]
+    finally:
+        set_config(lg, exhausted_zones=[])
+
+
+@pytest.mark.slow
+def test_operation_delay_keeps_operations_running(compute, image, lg):
+    from localgce.client import set_config
+
+    name = unique("slowop")
+    set_config(lg, operation_delay_seconds=1.0)
+    try:
+        op = compute.instances.insert(
+            project=PROJECT, zone=ZONE, instance_resource=instance_resource(name, image, spot=False)
+        )
+        assert op.status == compute_v1.Operation.Status.RUNNING
+        waited = compute.zone_operations.wait(project=PROJECT, zone=ZONE, operation=op.name)
+        assert waited.status == compute_v1.Operation.Status.DONE
+        got = compute.zone_operations.get(project=PROJECT, zone=ZONE, operation=op.name)
+        assert got.status == compute_v1.Operation.Status.DONE
+        assert compute.status(name) == "RUNNING"
+    finally:
+        set_config(lg, operation_delay_seconds=0.0)
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+
+
+def test_startup_script_url_from_storage(compute, image, lg, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", lg["storage"])
+    client = storage.Client(project=PROJECT)
+    bucket = client.bucket(unique("scripts"))
+    client.create_bucket(bucket)
+    bucket.blob("boot.sh").upload_from_string("#!/bin/bash\necho from-gcs-script\n")
+    name = unique("gcsurl")
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(
+            name,
+            image,
+            spot=False,
+            extra_metadata={"startup-script-url": f"gs://{bucket.name}/boot.sh"},
+        ),
+    ).result()
+    compute.wait_serial(name, r"startup-script: from-gcs-script")
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
