@@ -160,3 +160,16 @@ def assert_same_arrays(got: dict, want: dict) -> None:
 def records(job_dir: str, name: str) -> list[dict]:
     data = JobDir.open(job_dir).store.read(name) or b""
     return [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+
+
+def start_and_stop_after_checkpoint(example: str, job_dir: str, step: int, *args: str) -> int:
+    """Run until ckpt-<step> is saved, then SIGTERM (exit 75): a job in progress. Returns the
+    step of the notice checkpoint."""
+    trainer = Trainer(example, job_dir, "--log-steps", "1", *args)
+    try:
+        trainer.wait_for(lambda line: f"checkpoint ckpt-{step} saved" in line)
+        trainer.signal(signal.SIGTERM)
+        assert trainer.finish() == 75, trainer.text()
+    finally:
+        trainer.kill()
+    return int(records(job_dir, "attempts.jsonl")[-1]["end_step"])
