@@ -167,6 +167,7 @@ def instance_resource(
 # A guest script helper: query the metadata server from inside the guest with the image's Python.
 MD_GET = (
     "python -c 'import os, sys, urllib.request as u; "
-    'r = u.Request("http://" + os.environ["GCE_METADATA_HOST"] + "/computeMetadata/v1/" + sys.argv[1], '
+    'h = os.environ["GCE_METADATA_HOST"]; '
+    'r = u.Request("http://" + h + "/computeMetadata/v1/" + sys.argv[1], '
     'headers={"Metadata-Flavor": "Google"}); print(u.urlopen(r, timeout=10).read().decode())\''
 )

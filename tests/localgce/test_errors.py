@@ -1,5 +1,7 @@
 """Acceptance 3: GCE's errors, so the official client raises its usual exceptions."""
 
+# ruff: noqa: S310 - every URL here is the emulator on 127.0.0.1
+
 from __future__ import annotations
 
 import json

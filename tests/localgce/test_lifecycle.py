@@ -1,5 +1,7 @@
 """Acceptance 1 and the lifecycle verbs, through google-cloud-compute only."""
 
+# ruff: noqa: S310 - every URL here is the emulator on 127.0.0.1
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,7 @@
 """Acceptance 2: metadata conformance through google-auth (in a subprocess) and raw HTTP."""
 
+# ruff: noqa: S310 - every URL here is the emulator on 127.0.0.1
+
 from __future__ import annotations
 
 import json
