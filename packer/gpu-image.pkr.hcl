@@ -145,8 +145,9 @@ build {
       "LOCALGCE_STATE_DIR=${var.localgce_state_dir}",
       "PIP_CACHE_DIR=${var.pip_cache_dir}",
     ]
-    inline_shebang = "/bin/bash -euo pipefail"
+    inline_shebang = "/bin/bash -e"
     inline = [
+      "set -euo pipefail",
       "test -n \"$IMAGE_DIR\" -a -n \"$LOCALGCE_STATE_DIR\" || { echo 'local build: set local_images_dir and localgce_state_dir' >&2; exit 2; }",
       "\"$SURVIVAL_PROVISIONING/python-env.sh\" --prefix \"$IMAGE_DIR/venv\" --flavor cpu --trainer-src \"$SURVIVAL_KIT\"",
       "\"$SURVIVAL_PROVISIONING/cleanup.sh\" --root \"$IMAGE_DIR\"",

@@ -25,9 +25,10 @@ cleanup::usage() {
   sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
+# cleanup::remove PATH : remove PATH; false when there was nothing to remove.
 cleanup::remove() {
   local path="$1"
-  [[ -e "${path}" || -L "${path}" ]] || return 0
+  [[ -e "${path}" || -L "${path}" ]] || return 1
   rm -rf -- "${path}"
   prov::info "removed ${path}"
 }
@@ -54,8 +55,7 @@ cleanup::main() {
 
   local path pattern removed=0
   while IFS= read -r -d '' path; do
-    cleanup::remove "${path}"
-    removed=$((removed + 1))
+    if cleanup::remove "${path}"; then removed=$((removed + 1)); fi
   done < <(prov::find_secrets "${root}")
 
   local -a matches
@@ -66,8 +66,7 @@ cleanup::main() {
     matches=("${root%/}"/${pattern})
     shopt -u nullglob
     for path in "${matches[@]}"; do
-      cleanup::remove "${path}"
-      removed=$((removed + 1))
+      if cleanup::remove "${path}"; then removed=$((removed + 1)); fi
     done
   done
 

@@ -74,7 +74,8 @@ readonly PROV_SECRET_NAMES=(
 )
 # A line that is exactly a PEM private-key header marks a private key, whatever the file is called.
 readonly PROV_PRIVATE_KEY_RE='^-----BEGIN ([A-Z0-9]+ )?PRIVATE KEY-----[[:space:]]*$'
-# Service-account key files are JSON with a "private_key" member.
+# Service-account key files are JSON with a "private_key" member (only *.json files are checked:
+# client libraries mention the member in their source).
 readonly PROV_SA_KEY_RE='"private_key"[[:space:]]*:'
 # Content scans skip files this large (models, wheels, libraries): keys are small.
 readonly PROV_SCAN_MAX_SIZE='-1024k'
@@ -91,14 +92,20 @@ prov::find_secrets_by_name() {
     -o \( "${expr[@]}" \) -print0
 }
 
-# prov::find_secrets_by_content ROOT : NUL-separated regular files holding a private key.
+# prov::find_secrets_by_content ROOT : NUL-separated regular files holding a private key: a PEM
+# private-key block in any file, or a service-account key ("private_key" member) in a *.json file.
 prov::find_secrets_by_content() {
   local root="$1" rc=0
-  find "${root}" -xdev \( -path "${root%/}/proc" -o -path "${root%/}/sys" -o -path "${root%/}/dev" -o -path "${root%/}/run" \) -prune \
-    -o -type f -size "${PROV_SCAN_MAX_SIZE}" -print0 |
-    xargs -0 -r grep -l -Z -I -s -E -e "${PROV_PRIVATE_KEY_RE}" -e "${PROV_SA_KEY_RE}" -- || rc=$?
-  # grep exits 1 when nothing matched (xargs then says 123): that is the good case.
-  ((rc == 0 || rc == 123)) || return "${rc}"
+  local -a prune=(\( -path "${root%/}/proc" -o -path "${root%/}/sys" -o -path "${root%/}/dev" -o -path "${root%/}/run" \) -prune)
+  {
+    find "${root}" -xdev "${prune[@]}" -o -type f -size "${PROV_SCAN_MAX_SIZE}" -print0 |
+      xargs -0 -r grep -l -Z -I -s -E -e "${PROV_PRIVATE_KEY_RE}" -- || rc=$?
+    # grep exits 1 when nothing matched (xargs then says 123): that is the good case.
+    ((rc == 0 || rc == 123)) || return "${rc}"
+    find "${root}" -xdev "${prune[@]}" -o -type f -name '*.json' -size "${PROV_SCAN_MAX_SIZE}" -print0 |
+      xargs -0 -r grep -l -Z -I -s -E -e "${PROV_SA_KEY_RE}" -- || rc=$?
+    ((rc == 0 || rc == 123)) || return "${rc}"
+  }
 }
 
 # prov::find_secrets ROOT : every secret file or directory under ROOT, one per line (NUL-separated).

@@ -1,0 +1,137 @@
+"""Static checks of the image code: shellcheck, packer validate, pins match constraints."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from tests.provisioning.helpers import PROVISIONING, REPO, versions
+
+PACKER_DIR = REPO / "packer"
+TOOL_TIMEOUT_SECONDS = 120
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make system-deps` (scripts/system-deps.sh)")
+    return path
+
+
+def test_shellcheck_is_clean_for_provisioning():
+    scripts = sorted(str(p) for p in PROVISIONING.glob("*.sh"))
+    result = subprocess.run(
+        [tool("shellcheck"), "--external-sources", "--severity=style", *scripts],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_SECONDS,
+        check=False,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def packer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [tool("packer"), *args],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_SECONDS,
+        check=False,
+        cwd=REPO,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "CHECKPOINT_DISABLE": "1",
+            "HOME": str(REPO / ".pytest_cache"),
+        },
+    )
+
+
+def test_packer_validate_gce_template_with_example_variables():
+    result = packer("validate", f"-var-file={PACKER_DIR / 'example.pkrvars.hcl'}", str(PACKER_DIR))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_packer_validate_local_build():
+    result = packer(
+        "validate",
+        "-only=local.null.local",
+        "-var",
+        "local_images_dir=/tmp/images",
+        "-var",
+        "localgce_state_dir=/tmp/state",
+        str(PACKER_DIR),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("source_image_family", "centos-7", "must be debian-12 or ubuntu-2204-lts"),
+        ("image_family", "Bad_Family", "image_family must be lowercase"),
+        ("accelerator_count", "3", "accelerator_count must be 0, 1, 2, 4 or 8"),
+        ("accelerator_type", "tesla", "accelerator_type must be empty or"),
+    ],
+)
+def test_packer_rejects_bad_variables(variable, value, message):
+    result = packer(
+        "validate",
+        f"-var-file={PACKER_DIR / 'example.pkrvars.hcl'}",
+        "-var",
+        f"{variable}={value}",
+        str(PACKER_DIR),
+    )
+    assert result.returncode != 0
+    assert message in " ".join((result.stdout + result.stderr).split())
+
+
+def test_gce_build_needs_project_and_zone():
+    result = packer("validate", "-only=gce.googlecompute.gpu", str(PACKER_DIR))
+    assert result.returncode != 0
+    assert "project_id must be specified" in result.stdout + result.stderr
+
+
+def test_template_hard_codes_no_project_zone_or_bucket():
+    text = "".join(p.read_text() for p in PACKER_DIR.glob("*.pkr.hcl"))
+    assert not re.search(r"gs://", text)
+    assert not re.search(r'"[a-z]+-[a-z]+[0-9]-[a-f]"', text), "a zone is hard-coded"
+    assert re.search(r"project_id\s*=\s*var\.project_id", text)
+    assert not re.search(r"^\s*required_plugins\s*\{", text, re.M)  # Packer 1.6.6 rejects it
+
+
+def pins(path) -> dict[str, str]:
+    found = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.-]+)(\[[a-z-]+\])?==(\S+)$", line.strip())
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = match.group(3)
+    return found
+
+
+@pytest.mark.parametrize("flavor", ["cpu", "gpu"])
+def test_requirements_match_the_repo_constraints(flavor):
+    constraints = pins(REPO / "constraints.txt")
+    requirements = pins(PROVISIONING / f"requirements-{flavor}.txt")
+    assert len(requirements) > 20
+    for name, version in requirements.items():
+        wanted = constraints.get(
+            name, constraints.get(name.replace("tensorflow", "tensorflow-cpu"))
+        )
+        assert wanted == version, (
+            f"{name}=={version} in requirements-{flavor}.txt, {wanted} in constraints.txt"
+        )
+
+
+def test_versions_env_matches_the_requirements():
+    env = versions()
+    cpu = pins(PROVISIONING / "requirements-cpu.txt")
+    assert cpu["tensorflow-cpu"] == env["TENSORFLOW_VERSION"]
+    assert cpu["scikit-learn"] == env["SKLEARN_VERSION"]
+    # The keys the Packer template parses for its labels, in the form it expects.
+    assert re.fullmatch(r"[0-9]+", env["NVIDIA_DRIVER_BRANCH"])
+    assert re.fullmatch(r"[0-9]+\.[0-9]+", env["CUDA_VERSION"])
+    assert re.fullmatch(r"[0-9A-F]{40}", env["CUDA_REPO_KEY_FINGERPRINT"])
