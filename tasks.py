@@ -5,9 +5,84 @@ Run `invoke --list` for the summaries and `invoke --help TASK` for the flags.
 
 from __future__ import annotations
 
-from invoke import Collection, Exit, task  # noqa: F401
+from invoke import Collection, Exit, task
 
 # === localgce tasks (issue 3) ===
+# Thin glue over localgce.daemon; the state dir defaults to survival.local_state_dir (.localgce).
+_LOCALGCE_STATE_HELP = "localgce state dir (default: survival.local_state_dir, i.e. .localgce)"
+
+
+def _localgce_state_dir(c, state_dir):
+    if state_dir:
+        return state_dir
+    survival = c.config.get("survival", {})
+    return survival.get("local_state_dir", ".localgce") if hasattr(survival, "get") else ".localgce"
+
+
+@task(
+    name="start",
+    help={
+        "state_dir": _LOCALGCE_STATE_HELP,
+        "grace_spot_seconds": "Spot/preemptible shutdown window (default 30, GCE's value)",
+        "grace_standard_seconds": "standard VM shutdown window (default 120, GCE's value)",
+        "maintenance_notice_seconds": "maintenance-event notice before the stop (default 3600)",
+        "preemption_rate_per_hour": "random preemptions per Spot VM per hour (default 0: none)",
+        "no_ssh": "do not run a per-instance sshd (default: run one when sshd is installed)",
+    },
+)
+def localgce_start(
+    c,
+    state_dir=None,
+    grace_spot_seconds=None,
+    grace_standard_seconds=None,
+    maintenance_notice_seconds=None,
+    preemption_rate_per_hour=None,
+    no_ssh=False,
+):
+    """Start the local Compute Engine emulator in the background (no-op if it runs)."""
+    from localgce import daemon
+
+    knobs = {
+        name: float(value)
+        for name, value in {
+            "graceSpotSeconds": grace_spot_seconds,
+            "graceStandardSeconds": grace_standard_seconds,
+            "maintenanceNoticeSeconds": maintenance_notice_seconds,
+            "preemptionRatePerHour": preemption_rate_per_hour,
+        }.items()
+        if value is not None
+    }
+    directory = _localgce_state_dir(c, state_dir)
+    try:
+        endpoints = daemon.start(directory, knobs=knobs, ssh_enabled=not no_ssh)
+    except daemon.DaemonError as exc:
+        raise Exit(f"localgce.start: {exc}") from exc
+    print(f"localgce running (pid {endpoints['pid']}): compute {endpoints['compute']}")
+    print(f"  storage {endpoints['storage']}, git {endpoints['git']}")
+
+
+@task(name="stop", help={"state_dir": _LOCALGCE_STATE_HELP})
+def localgce_stop(c, state_dir=None):
+    """Stop the emulator and every instance process it runs."""
+    from localgce import daemon
+
+    directory = _localgce_state_dir(c, state_dir)
+    stopped = daemon.stop(directory)
+    print("localgce stopped" if stopped else f"localgce was not running ({directory})")
+
+
+@task(name="status", help={"state_dir": _LOCALGCE_STATE_HELP})
+def localgce_status(c, state_dir=None):
+    """Show the emulator's endpoints, or fail if it is not running."""
+    from localgce import daemon
+
+    directory = _localgce_state_dir(c, state_dir)
+    endpoints = daemon.status(directory)
+    if endpoints is None:
+        raise Exit(f"localgce is not running for {directory}; start it: invoke localgce.start")
+    for key in ("compute", "storage", "git", "pid"):
+        print(f"{key:8} {endpoints[key]}")
+
 
 # === end localgce tasks ===
 
@@ -157,10 +232,117 @@ def jobs_plot(c, name, output=None):
 
 # === bake-image/images tasks (issue 5) ===
 
+
+def _survival(c, key, default):
+    """One `survival` setting from invoke's config layers, or ``default`` until it is defined."""
+    section = c.config.get("survival") or {}
+    value = section.get(key)
+    return default if value in (None, "") else value
+
+
+@task(
+    help={
+        "backend": "local (a localgce image directory, CPU build) or gce (a GPU image on GCE); "
+        "default survival.backend",
+        "family": "image family to add the image to; default survival.image_family",
+        "gpu": "GPU of the gce build VM as TYPE:COUNT (e.g. nvidia-tesla-t4:1) or none; "
+        "default survival.gpu_type:survival.gpu_count",
+        "source_family": "gce base image family: debian-12 (default) or ubuntu-2204-lts",
+        "os_login": "connect the gce build VM through OS Login (default off)",
+        "dry_run": "print the packer commands and variables only; run nothing",
+    }
+)
+def bake_image(c, backend=None, family=None, gpu=None, source_family="debian-12", os_login=False,
+               dry_run=False):  # fmt: skip
+    """Bake the training image with Packer (validate, build) and print its name and family."""
+    from survival import bake
+
+    backend = backend or _survival(c, "backend", "local")
+    family = family or _survival(c, "image_family", "gce-survival-kit")
+    state_dir = _survival(c, "local_state_dir", ".localgce")
+    try:
+        if backend == "local":
+            plan = bake.local_plan(family=family, state_dir=state_dir)
+        elif backend == "gce":
+            zones = _survival(c, "zones", [])
+            gpu = gpu or "{}:{}".format(
+                _survival(c, "gpu_type", "nvidia-tesla-t4"), _survival(c, "gpu_count", 1)
+            )
+            plan = bake.gce_plan(
+                family=family,
+                project=_survival(c, "project", ""),
+                zone=zones[0] if zones else "",
+                machine_type=_survival(c, "machine_type", "n1-standard-4"),
+                gpu=gpu,
+                source_family=source_family,
+                state_dir=state_dir,
+                disk_size_gb=int(_survival(c, "disk_size_gb", 50)),
+                service_account=_survival(c, "service_account", ""),
+                use_os_login=os_login,
+            )
+        else:
+            raise Exit(f"--backend {backend!r}: choose local or gce")
+        if dry_run:
+            print(bake.describe(plan))
+            return
+        plan = bake.prepare(plan)
+        result = bake.bake(plan)
+    except bake.BakeError as err:
+        raise Exit(f"bake-image: {err}") from err
+    print(f"image {result.image_name} (family {result.family}) baked on {result.backend}")
+
+
+@task(
+    name="list",
+    default=True,
+    help={"family": "family to list; default survival.image_family",
+          "backend": "local or gce; default survival.backend"},
+)  # fmt: skip
+def images_list(c, family=None, backend=None):
+    """List the family's images, newest first, deprecated ones marked."""
+    from survival import images
+
+    backend = backend or _survival(c, "backend", "local")
+    family = family or _survival(c, "image_family", "gce-survival-kit")
+    try:
+        store = images.for_backend(
+            backend, _survival(c, "project", ""), _survival(c, "local_state_dir", ".localgce")
+        )
+        print(images.format_table(store.list(family), family))
+    except images.ImageError as err:
+        raise Exit(f"images: {err}") from err
+
+
+@task(
+    help={
+        "name": "the image to deprecate",
+        "replacement": "image users should take instead (default: none named)",
+        "backend": "local or gce; default survival.backend",
+    }
+)
+def images_deprecate(c, name, replacement="", backend=None):
+    """Deprecate image NAME so the family's newest-image lookup skips it."""
+    from survival import images
+
+    backend = backend or _survival(c, "backend", "local")
+    try:
+        store = images.for_backend(
+            backend, _survival(c, "project", ""), _survival(c, "local_state_dir", ".localgce")
+        )
+        store.deprecate(name, replacement=replacement)
+    except images.ImageError as err:
+        raise Exit(f"images.deprecate: {err}") from err
+    print(f"image {name} is DEPRECATED" + (f" (replacement {replacement})" if replacement else ""))
+
+
 # === end bake tasks ===
 
 ns = Collection()
 # === collection wiring: each section adds its tasks below ===
+# -- localgce tasks (issue 3)
+ns.add_collection(Collection("localgce", localgce_start, localgce_stop, localgce_status))
+ns.add_task(bake_image)
+ns.add_collection(Collection("images", images_list, deprecate=images_deprecate))
 # -- train tasks (issue 4)
 from survival.config import DEFAULTS as _SURVIVAL_DEFAULTS  # noqa: E402
 
