@@ -39,6 +39,7 @@ log = logging.getLogger("trainer")
 
 SLOW_CHECKPOINT_ENV = "SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS"  # test hook: widen the write window
 STOPPING_NOTICES = ("sigterm", "preempted")
+HEARTBEAT_MAX_SECONDS = 10.0  # also how stale the LEASE's step (lost-step estimate) may be
 
 
 class Stop(Exception):
@@ -114,6 +115,7 @@ class Runner:
         self.metrics_keep_up_to: int | None = None
         self.last_saved_step: int | None = None
         self.save_seconds: list[float] = []
+        self.periodic_save_seconds: list[float] = []
 
     # ----- notices -------------------------------------------------------------------------
     def on_notice(self, kind: str) -> None:
@@ -170,6 +172,8 @@ class Runner:
             self.lease.heartbeat(step=self.step)
         seconds = time.monotonic() - started
         self.save_seconds.append(seconds)
+        if reason == "periodic":
+            self.periodic_save_seconds.append(seconds)
         log.info("checkpoint ckpt-%d saved (%s) in %.3fs", self.step, reason, seconds)
 
     def flush_metrics(self) -> None:
@@ -271,7 +275,7 @@ class Runner:
         self.metrics_keep_up_to = self.step
         self.lease.extra.update(step=self.step, resumed_from_step=self.step)
 
-        interval = max(0.2, min(30.0, args.lease_stale_seconds / 4))
+        interval = max(0.2, min(HEARTBEAT_MAX_SECONDS, args.lease_stale_seconds / 4))
         self.heartbeat = Heartbeat(self.lease, interval, lambda: {"step": self.step})
         with self.heartbeat.lock:
             self.lease.heartbeat()
@@ -388,6 +392,8 @@ class Runner:
             "loop_seconds": getattr(self, "loop_seconds", None),
             "checkpoint_saves": len(self.save_seconds),
             "checkpoint_seconds_total": round(sum(self.save_seconds), 4),
+            "periodic_saves": len(self.periodic_save_seconds),
+            "periodic_save_seconds": round(sum(self.periodic_save_seconds), 4),
             **extra,
         }
         self.job.append_attempt(record)

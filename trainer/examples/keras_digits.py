@@ -31,8 +31,8 @@ class KerasDigits(Task):
         "hidden_units": HParam(int, 128, "units in each hidden layer"),
         "threads": HParam(int, 2, "TensorFlow intra-op threads"),
     }
-    default_train_steps = 10000
-    default_checkpoint_steps = 2000  # ≤2% overhead on 2 CPU cores: bench/checkpoint_overhead.py
+    default_train_steps = 20000
+    default_checkpoint_steps = 5000  # ≤2% overhead on 2 CPU cores: bench/checkpoint_overhead.py
 
     def __init__(self, hparams, seed, data_dir):
         super().__init__(hparams, seed, data_dir)
