@@ -212,3 +212,23 @@ def test_startup_script_url_from_storage(compute, image, lg, monkeypatch):
     ).result()
     compute.wait_serial(name, r"startup-script: from-gcs-script")
     compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+
+
+@pytest.mark.slow
+def test_random_preemption_rate(compute, image, lg):
+    from localgce.client import set_config
+
+    name = unique("chaos")
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(name, image, startup="sleep 600"),
+    ).result()
+    # ~Certain within one 1-second tick: 1 - exp(-rate * 1 s / 3600 s).
+    set_config(lg, preemption_rate_per_hour=36000.0)
+    try:
+        compute.wait_status(name, "TERMINATED")
+    finally:
+        set_config(lg, preemption_rate_per_hour=0.0)
+    assert "Instance was preempted." in compute.serial(name)
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
