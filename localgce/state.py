@@ -83,7 +83,7 @@ class Store:
             ],
         }
         tmp = self.state_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        tmp.write_text(json.dumps(data, sort_keys=True))
         os.replace(tmp, self.state_dir / STATE_FILE)
         self.prune_operations()
         self.changed.notify_all()

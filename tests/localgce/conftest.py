@@ -21,7 +21,7 @@ ZONE = "us-central1-a"
 TEST_KNOBS = {
     "grace_spot_seconds": 8.0,
     "grace_standard_seconds": 8.0,
-    "maintenance_notice_seconds": 2.0,
+    "maintenance_notice_seconds": 3.0,
 }
 WAIT_SECONDS = 60.0
 
