@@ -37,6 +37,8 @@ LOG_FILE = "localgce.log"
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 60.0
 HEALTH_TIMEOUT_SECONDS = 2.0
+# A daemon whose state dir was deleted (rm -rf by a test) would otherwise run forever.
+STATE_DIR_CHECK_SECONDS = 2.0
 
 
 class DaemonError(RuntimeError):
@@ -95,7 +97,10 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
         log.info(
             "localgce serving %s (compute %s, storage %s)", state_dir, compute.url, storage.url
         )
-        stop_event.wait()
+        while not stop_event.wait(STATE_DIR_CHECK_SECONDS):
+            if not _still_owns(state_dir, lock):
+                log.warning("state dir %s was removed or replaced: stopping", state_dir)
+                break
     finally:
         log.info("localgce stopping")
         (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
@@ -105,6 +110,13 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
         storage.stop()
         lock.close()
     return 0
+
+
+def _still_owns(state_dir: Path, lock) -> bool:
+    try:
+        return os.stat(state_dir / LOCK_FILE).st_ino == os.fstat(lock.fileno()).st_ino
+    except FileNotFoundError:
+        return False
 
 
 # --- the controlling side: start / stop / status ------------------------------------------------

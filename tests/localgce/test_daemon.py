@@ -82,3 +82,15 @@ def test_cli_start_status_stop_and_state_survives_restart(tmp_path):
         wait_for(lambda: serial().count("startup-script: boot on disk") == 2, what="second boot")
     finally:
         daemon.stop(state_dir)
+
+
+def test_daemon_stops_itself_when_its_state_dir_is_removed(tmp_path):
+    import shutil
+
+    state_dir = tmp_path / "doomed"
+    started = json.loads(cli("start", "--state-dir", str(state_dir), "--no-ssh").stdout)
+    try:
+        shutil.rmtree(state_dir)
+        wait_for(lambda: not daemon._alive(started["pid"]), what="the orphaned daemon to exit")
+    finally:
+        daemon.stop(state_dir)
