@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -120,7 +121,11 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             log.exception("handler crashed on %s %s", self.command, self.path)
             resp = error_response(ApiError(500, "backendError", "internal error in localgce"))
-        self._write(resp)
+        try:
+            self._write(resp)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client went away (e.g. a guest process killed while it waited for a change).
+            self.close_connection = True
 
     def _write(self, resp: Response) -> None:
         payload = resp.body
@@ -144,6 +149,13 @@ class LoopbackServer(ThreadingHTTPServer):
     daemon_threads = True
     # Many concurrent clients (50-instance benchmark, 30 concurrent lifecycles).
     request_queue_size = 128
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("client %s went away: %s", client_address, exc)
+            return
+        log.exception("error serving %s", client_address)
 
 
 @dataclass
