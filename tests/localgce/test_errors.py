@@ -126,3 +126,33 @@ def test_admin_config_round_trip_and_validation(lg):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, timeout=10)
     assert err.value.code == 400
+
+
+def test_set_scheduling_validates_and_applies(compute, image):
+    spot, std = unique("ss"), unique("ss")
+    for name, is_spot in ((spot, True), (std, False)):
+        compute.instances.insert(
+            project=PROJECT,
+            zone=ZONE,
+            instance_resource=instance_resource(name, image, spot=is_spot),
+        ).result()
+    with pytest.raises(exceptions.BadRequest):
+        compute.instances.set_scheduling(
+            project=PROJECT,
+            zone=ZONE,
+            instance=spot,
+            scheduling_resource=compute_v1.Scheduling(automatic_restart=True),
+        )
+    assert compute.get(std).scheduling.automatic_restart is True  # GCE's default
+    compute.instances.set_scheduling(
+        project=PROJECT,
+        zone=ZONE,
+        instance=std,
+        scheduling_resource=compute_v1.Scheduling(
+            automatic_restart=False, on_host_maintenance="TERMINATE"
+        ),
+    ).result()
+    got = compute.get(std).scheduling
+    assert (got.automatic_restart, got.on_host_maintenance) == (False, "TERMINATE")
+    for name in (spot, std):
+        compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()

@@ -53,3 +53,24 @@ def test_gpu_vm_maintenance_notice_terminate_and_restart(compute, image):
     new_host = compute.metadata_host(name)
     assert fetch(new_host, path)[2] == "NONE"
     compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+
+
+@pytest.mark.slow
+def test_migrate_vm_sees_the_notice_and_keeps_running(compute, image):
+    name = unique("migr")
+    compute.instances.insert(
+        project=PROJECT,
+        zone=ZONE,
+        instance_resource=instance_resource(name, image, startup=STARTUP, spot=False),
+    ).result()
+    host = compute.metadata_host(name)
+    path = ROOT + "instance/maintenance-event"
+    _, headers, _ = fetch(host, path)
+    compute.instances.simulate_maintenance_event(project=PROJECT, zone=ZONE, instance=name).result()
+    _, headers, body = fetch(host, f"{path}?wait_for_change=true&last_etag={headers['ETag']}")
+    assert body == "MIGRATE_ON_HOST_MAINTENANCE"
+    _, _, body = fetch(host, f"{path}?wait_for_change=true&last_etag={headers['ETag']}")
+    assert body == "NONE"  # live-migrated: back to NONE, same boot, still RUNNING
+    assert compute.status(name) == "RUNNING"
+    assert compute.serial(name).count("Booting") == 1
+    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
