@@ -294,6 +294,12 @@ startup::run_trainer() {
 }
 
 startup::wait_for_shutdown() {
+  if ((STARTUP_STOPPING)); then
+    # The shutdown is already under way (we got its SIGTERM): nothing left to do, so end now
+    # rather than hold the guest until the end of the window.
+    startup::log "notice checkpoint saved; the VM is shutting down"
+    exit 0
+  fi
   startup::log "notice checkpoint saved; waiting for the shutdown"
   while true; do
     sleep 5 &

@@ -16,6 +16,9 @@ from survival import jobstore
 from survival.config import Settings, describe
 from survival.errors import SurvivalError
 
+LOCAL_POLL_SECONDS = 0.2
+GCE_POLL_SECONDS = 5.0
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
@@ -129,7 +132,7 @@ def _supervise(cloud: Any, name: str, plan: Any = None) -> None:
     from survival.launch import Launched
     from survival.progress import open_job_dir
     from survival.report import summary
-    from survival.supervisor import Supervisor
+    from survival.supervisor import Supervisor, Timing
 
     current = cloud.settings
     job, machine, extra = jobstore.load(current.local_state_dir, name)
@@ -144,6 +147,8 @@ def _supervise(cloud: Any, name: str, plan: Any = None) -> None:
         make_body=launched.make_body,
         max_restarts=current.max_restarts,
         chaos=plan,
+        # localgce calls are free and local: poll fast so chaos lands mid-attempt.
+        timing=Timing(poll_seconds=LOCAL_POLL_SECONDS if current.is_local else GCE_POLL_SECONDS),
     )
     outcome = supervisor.run()
     if outcome.zone != machine.zone:
@@ -200,9 +205,7 @@ def ssh_logs(c: Any, name: str | None, follow: bool) -> str:
         public = ensure_key(current.ssh_key_path, current.ssh_user)
         if publish_key(cloud.compute, current.ssh_user, public):
             print(f"ssh-logs: published {current.ssh_key_path}.pub in project ssh-keys")
-        return show_logs(
-            cloud.compute, info, current.ssh_user, current.ssh_key_path, follow=follow
-        )
+        return show_logs(cloud.compute, info, current.ssh_user, current.ssh_key_path, follow=follow)
 
 
 def status(c: Any) -> list[list[str]]:

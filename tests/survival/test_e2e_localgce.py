@@ -1,0 +1,260 @@
+"""End to end on localgce (acceptance 1-4): the real tasks, the real startup script, the real
+trainer, against the emulator. One emulator for the module; each test names its own job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_STEPS = 3000
+CHECKPOINT_STEPS = 500
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cloud():
+    from localgce import daemon
+    from localgce.client import compute_client_options, ensure_running
+    from survival.demo import ensure_local_image
+    from survival.gce import GoogleCompute
+
+    # Not under pytest's 0700 tmp dirs: the guest may drop to an unprivileged user.
+    root = Path(tempfile.mkdtemp(prefix="survival-e2e-"))
+    root.chmod(0o755)
+    state = root / "state"
+    endpoints = ensure_running(state, grace_spot_seconds=20)
+    ensure_local_image(state, "local-project", "gce-survival-kit")
+    os.environ["STORAGE_EMULATOR_HOST"] = endpoints["storage"]
+    from survival.backend import ensure_bucket
+
+    ensure_bucket("survival-jobs", "local-project", create=True)
+    compute = GoogleCompute(
+        "local-project",
+        client_kwargs=compute_client_options(endpoints),
+        extension_url=endpoints["compute"],
+    )
+    env = {
+        **os.environ,
+        "INVOKE_SURVIVAL_LOCAL_STATE_DIR": str(state),
+        "INVOKE_SURVIVAL_SSH_KEY_PATH": str(root / "ssh" / "google_compute_engine"),
+        "STORAGE_EMULATOR_HOST": endpoints["storage"],
+        "GOOGLE_CLOUD_PROJECT": "local-project",
+    }
+    try:
+        yield {"root": root, "state": state, "endpoints": endpoints, "compute": compute, "env": env}
+    finally:
+        daemon.stop(state)
+
+
+def invoke(cloud, *args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args], cwd=REPO, env=cloud["env"],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def _download(env, url, target):
+    subprocess.run(
+        [sys.executable, "-c",
+         "import sys; from trainer.storage import open_store; from pathlib import Path; "
+         "open_store(sys.argv[1]).download(sys.argv[2], Path(sys.argv[3]))",
+         url.rsplit("/", 1)[0], url.rsplit("/", 1)[1], str(target)],
+        env=env, check=True,
+    )  # fmt: skip
+
+
+def test_train_survives_two_preemptions_and_matches_uninterrupted_run(cloud, tmp_path):
+    result = invoke(
+        cloud, "train", "--branch", "exp1", "--chaos", "2", "--name", "e2e-chaos",
+        "--train-steps", str(TRAIN_STEPS), "--checkpoint-steps", str(CHECKPOINT_STEPS),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert out.count("chaos: preempting e2e-chaos") == 2
+    assert "restart 2" in out
+    summary = out[out.index("job e2e-chaos: DONE") :]
+    assert "attempts     3" in summary and "preemptions  2" in summary
+    assert "lost steps   0" in summary and "cost ESTIMATE" in summary
+
+    # The same job, uninterrupted, in a local job dir: the exported models must be equal.
+    local = tmp_path / "local-job"
+    subprocess.run(
+        [sys.executable, "-m", "trainer.examples.keras_digits", "--job-dir", str(local),
+         "--train-steps", str(TRAIN_STEPS), "--checkpoint-steps", str(CHECKPOINT_STEPS),
+         "--seed", "0", "--hparams-json", "{}"],
+        cwd=REPO, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    remote_model = tmp_path / "remote.keras"
+    _download(cloud["env"], "gs://survival-jobs/jobs/e2e-chaos/export/model.keras", remote_model)
+    import keras
+    import numpy as np
+
+    ours = keras.saving.load_model(remote_model).get_weights()
+    theirs = keras.saving.load_model(local / "export" / "model.keras").get_weights()
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    status = invoke(cloud, "status")
+    assert status.returncode == 0, status.stderr
+    assert "e2e-chaos" in status.stdout and f"{TRAIN_STEPS}/{TRAIN_STEPS}" in status.stdout
+    png = tmp_path / "timeline.png"
+    plot = invoke(cloud, "jobs.plot", "e2e-chaos", "--output", str(png))
+    assert plot.returncode == 0, plot.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+HOSTILE = [
+    ("trainer-branch", "exp1;touch {marker}"),
+    ("trainer-branch", "$(touch {marker})"),
+    ("trainer-branch", "`touch {marker}`"),
+    ("trainer-branch", "exp1\ntouch {marker}"),
+    ("hparams", '{{"optimizer": "adam\\"; touch {marker}; \\""}}'),
+    ("hparams", '{{"x": "$(touch {marker})"}}'),
+    ("trainer-module", "trainer.examples.keras_digits'; touch {marker}; '"),
+    # Under GCE's 256 KiB metadata limit but over startup.sh's 64 KiB one.
+    ("hparams", '{{"x": "' + "a" * (200 << 10) + '"}}'),
+]
+
+
+def test_one_megabyte_value_is_refused_before_any_instance(cloud):
+    from survival.errors import ConfigError
+    from survival.instance_spec import JobSpec, MachineSpec, build_instance
+
+    job = JobSpec(name="huge", repo_url="file:///r.git", branch="exp1", commit="c" * 40,
+                  module="m", job_dir="gs://survival-jobs/jobs/huge", train_steps=1,
+                  checkpoint_steps=1, seed=0, hparams_json="{}")  # fmt: skip
+    compute = cloud["compute"]
+    machine = MachineSpec("us-central1-a", "n1-standard-4", "", 0, "spot",
+                          compute.image_from_family("gce-survival-kit"), 10, "default", ("s",))  # fmt: skip
+    body = build_instance(machine, job, {"trainer-branch": "x" * (1 << 20)})
+    with pytest.raises(ConfigError, match="at most 256 KiB"):
+        compute.insert_instance("us-central1-a", body)
+    assert compute.get_instance("us-central1-a", "huge") is None
+
+
+@pytest.mark.parametrize(("index", "key_value"), list(enumerate(HOSTILE)))
+def test_hostile_metadata_fails_cleanly(cloud, index, key_value):
+    from survival.instance_spec import JobSpec, MachineSpec, build_instance
+    from survival.progress import open_job_dir
+
+    key, template = key_value
+    marker = cloud["root"] / f"injected-{index}"
+    name = f"hostile-{index}"
+    job = JobSpec(
+        name=name, repo_url="file:///nonexistent/trainer.git", branch="exp1", commit="a" * 40,
+        module="trainer.examples.keras_digits", job_dir=f"gs://survival-jobs/jobs/{name}",
+        train_steps=10, checkpoint_steps=5, seed=0, hparams_json="{}",
+    )  # fmt: skip
+    compute = cloud["compute"]
+    image = compute.image_from_family("gce-survival-kit")
+    machine = MachineSpec("us-central1-a", "n1-standard-4", "nvidia-tesla-t4", 0, "spot", image,
+                          10, "default", ("scope",))  # fmt: skip
+    body = build_instance(machine, job, {key: template.format(marker=marker)})
+    os.environ["STORAGE_EMULATOR_HOST"] = cloud["endpoints"]["storage"]
+    compute.insert_instance("us-central1-a", body)
+    job_dir = open_job_dir(job.job_dir)
+    import time
+
+    deadline = time.monotonic() + 120
+    while job_dir.failed() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    failed = job_dir.failed()
+    assert failed is not None, compute.serial_output("us-central1-a", name)[0][-2000:]
+    assert "validation error" in failed["reason"] and key in failed["reason"]
+    serial = compute.serial_output("us-central1-a", name)[0]
+    assert "validation error" in serial
+    assert not marker.exists()
+    compute.delete_instance("us-central1-a", name)
+
+
+def test_missing_branch_with_no_push_fails_before_any_instance(cloud):
+    result = invoke(cloud, "train", "--branch", "never-pushed", "--no-push", "--name", "nobranch")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: branch 'never-pushed'")
+    assert cloud["compute"].get_instance("us-central1-a", "nobranch") is None
+
+
+EXPECTED = {
+    "spot": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
+             "onHostMaintenance": "TERMINATE", "automaticRestart": False},
+    "preemptible": {"preemptible": True, "onHostMaintenance": "TERMINATE",
+                    "automaticRestart": False},
+    "standard": {"provisioningModel": "STANDARD", "automaticRestart": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+@pytest.mark.parametrize("provisioning", ["spot", "preemptible", "standard"])
+def test_instance_resource_captured_at_localgce(cloud, provisioning, gpus):
+    from survival.instance_spec import JobSpec, MachineSpec, build_instance
+
+    name = f"shape-{provisioning}-{gpus}"
+    job = JobSpec(name=name, repo_url="file:///r.git", branch="exp1", commit="b" * 40,
+                  module="m", job_dir=f"gs://survival-jobs/jobs/{name}", train_steps=1,
+                  checkpoint_steps=1, seed=0, hparams_json="{}", keep_alive=True)  # fmt: skip
+    compute = cloud["compute"]
+    image = compute.image_from_family("gce-survival-kit")
+    scopes = ("https://www.googleapis.com/auth/devstorage.read_write",
+              "https://www.googleapis.com/auth/logging.write")  # fmt: skip
+    machine = MachineSpec("us-central1-c", "n1-standard-4", "nvidia-tesla-t4", gpus,
+                          provisioning, image, 20, "default", scopes)  # fmt: skip
+    compute.insert_instance("us-central1-c", build_instance(machine, job))
+    try:
+        raw = compute.get_instance("us-central1-c", name).raw
+        sched = raw["scheduling"]
+        for field, value in EXPECTED[provisioning].items():
+            assert sched.get(field) == value, (field, sched)
+        if provisioning == "standard":
+            assert sched["onHostMaintenance"] == ("TERMINATE" if gpus else "MIGRATE")
+        assert raw["machineType"].endswith("/zones/us-central1-c/machineTypes/n1-standard-4")
+        accel = raw.get("guestAccelerators", [])
+        if gpus:
+            assert accel[0]["acceleratorType"].endswith("/acceleratorTypes/nvidia-tesla-t4")
+            assert accel[0]["acceleratorCount"] == 1
+        else:
+            assert accel == []
+        account = raw["serviceAccounts"][0]
+        assert sorted(account["scopes"]) == sorted(scopes)
+        assert "https://www.googleapis.com/auth/cloud-platform" not in account["scopes"]
+        items = {i["key"]: i["value"] for i in raw["metadata"]["items"]}
+        assert items["trainer-commit"] == "b" * 40 and items["keep-alive"] == "true"
+        assert raw["labels"] == {"survival-job": name}
+    finally:
+        compute.delete_instance("us-central1-c", name)
+
+
+def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
+    import dataclasses
+
+    from survival.logs import show_logs
+
+    result = invoke(cloud, "ssh-logs", "e2e-chaos")
+    assert result.returncode == 0, result.stderr
+    assert "falling back" not in result.stdout
+    assert "INFO trainer:" in result.stdout
+    # SSH unreachable (nothing listens on the port) → the serial console, and it says so.
+    compute = cloud["compute"]
+    info = compute.get_instance("us-central1-a", "e2e-chaos")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    dead = dataclasses.replace(info, nat_ip=f"127.0.0.1:{closed_port}")
+    lines: list[str] = []
+    key = Path(cloud["env"]["INVOKE_SURVIVAL_SSH_KEY_PATH"])
+    mode = show_logs(compute, dead, "root", key, follow=False, out=lines.append,
+                     connect_timeout_seconds=5)  # fmt: skip
+    assert mode == "serial"
+    assert "falling back to the serial console" in lines[0]
+    assert any("startup-script:" in line for line in lines)
+    assert json.loads("{}") == {}
