@@ -29,8 +29,10 @@ test: setup system-deps
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
+# The main job on localgce: start it if needed, register a local image (the kit's .venv) if none,
+# `invoke train --branch exp1 --chaos 2`, `invoke status`, and the timeline PNG.
 demo: setup system-deps
-	$(PY) -m trainer.demo
+	$(PY) -m survival.demo
 
 constraints: setup
 	$(PY) -m pip freeze --exclude-editable | sed '1i # Exact versions of every package the kit installs (direct and transitive).\n# Regenerate: make constraints  (after changing pyproject.toml pins).' > constraints.txt
