@@ -258,6 +258,8 @@ class Lifecycle:
             rec.resource["status"] = "STOPPING"
             self.store.commit()
         self._console(key, f"{reason}: ACPI soft-off; {grace_seconds:g} s to shut down")
+        if not m.marker:
+            return  # no boot of this daemon is running (e.g. a STAGING record after a crash)
         agent = m.agent
         script_thread = None
         if agent is not None:
@@ -284,12 +286,15 @@ class Lifecycle:
 
     def _power_off(self, key, m: Machine) -> None:
         """Mechanical off: SIGKILL what is left, stop sshd and the metadata server."""
-        boot_marker = procs.marker_bytes(m.marker)
-        procs.kill_everything(m.groups, boot_marker, prefix_only=True)
+        # An empty marker would match every guest of every daemon: only sweep a real boot's.
+        boot_marker = procs.marker_bytes(m.marker) if m.marker else None
+        if boot_marker:
+            procs.kill_everything(m.groups, boot_marker, prefix_only=True)
         if m.agent is not None:
             m.agent.join(AGENT_JOIN_SECONDS)
             # The agent may have been between two scripts: kill once more after it stopped.
-            procs.kill_everything(m.groups, boot_marker, prefix_only=True)
+            if boot_marker:
+                procs.kill_everything(m.groups, boot_marker, prefix_only=True)
         if m.sshd is not None:
             m.sshd.stop()
             m.sshd = None
@@ -298,6 +303,9 @@ class Lifecycle:
             m.metadata.stop()
             m.metadata = None
         m.agent = None
+        # Forget this boot's groups: their ids may be reused by unrelated processes later.
+        m.groups = []
+        m.marker = ""
         self._console(key, "Power off.")
 
     def _terminated(self, key) -> None:
