@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         [*invoke, "train", "--branch", "exp1", "--chaos", "2", "--name", args.name,
          "--train-steps", str(DEMO_TRAIN_STEPS), "--checkpoint-steps", str(DEMO_CHECKPOINT_STEPS)],
         [*invoke, "status"],
-        [*invoke, "jobs.plot", args.name, "--output", f"{args.name}-timeline.png"],
+        [*invoke, "jobs.plot", args.name, "--output", str(state_dir / f"{args.name}-timeline.png")],
     ]  # fmt: skip
     for step in steps:
         print("$ invoke " + " ".join(step[3:]), flush=True)

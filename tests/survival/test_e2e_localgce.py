@@ -133,8 +133,9 @@ def test_one_megabyte_value_is_refused_before_any_instance(cloud):
                   module="m", job_dir="gs://survival-jobs/jobs/huge", train_steps=1,
                   checkpoint_steps=1, seed=0, hparams_json="{}")  # fmt: skip
     compute = cloud["compute"]
-    machine = MachineSpec("us-central1-a", "n1-standard-4", "", 0, "spot",
-                          compute.image_from_family("gce-survival-kit"), 10, "default", ("s",))  # fmt: skip
+    image = compute.image_from_family("gce-survival-kit")
+    machine = MachineSpec("us-central1-a", "n1-standard-4", "", 0, "spot", image, 10, "default",
+                          ("s",))  # fmt: skip
     body = build_instance(machine, job, {"trainer-branch": "x" * (1 << 20)})
     with pytest.raises(ConfigError, match="at most 256 KiB"):
         compute.insert_instance("us-central1-a", body)
