@@ -9,10 +9,10 @@ import sys
 
 import pytest
 from google.cloud import compute_v1
+from lgtest import PROJECT, ZONE, instance_resource, wait_for
 
 from localgce import daemon
 from localgce.client import NotRunning, compute_client_options, load_endpoints
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, wait_for
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

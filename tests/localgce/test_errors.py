@@ -11,8 +11,7 @@ import urllib.request
 import pytest
 from google.api_core import exceptions
 from google.cloud import compute_v1
-
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, unique
+from lgtest import PROJECT, ZONE, instance_resource, unique
 
 
 def test_get_missing_instance_is_not_found(compute):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from google.api_core import exceptions
 from google.cloud import compute_v1
-
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, unique
+from lgtest import PROJECT, ZONE, instance_resource, unique
 
 IMG_PROJECT = "lg-images"
 

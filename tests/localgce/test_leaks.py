@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from google.api_core import exceptions
 from google.cloud import compute_v1
+from lgtest import PROJECT, ZONE, instance_resource, wait_for
 
 from localgce import daemon
 from localgce.client import compute_client_options, ensure_running
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, wait_for
 
 INSTANCES = 30
 # A token only this test's guests carry on their command lines, to find leftovers in /proc.

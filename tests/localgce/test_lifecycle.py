@@ -10,8 +10,7 @@ import urllib.request
 import pytest
 from google.api_core import exceptions
 from google.cloud import compute_v1, storage
-
-from tests.localgce.conftest import MD_GET, PROJECT, ZONE, instance_resource, unique, wait_for
+from lgtest import MD_GET, PROJECT, ZONE, instance_resource, unique, wait_for
 
 SPOT_STARTUP = f"""#!/bin/bash
 echo "METADATA_HOST=$GCE_METADATA_HOST"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, unique
-from tests.localgce.test_metadata import ROOT, fetch
+from lgtest import PROJECT, ROOT, ZONE, fetch, instance_resource, unique
 
 STARTUP = 'echo "METADATA_HOST=$GCE_METADATA_HOST"\necho boot-done\n'
 

@@ -1,7 +1,5 @@
 """Acceptance 2: metadata conformance through google-auth (in a subprocess) and raw HTTP."""
 
-# ruff: noqa: S310 - every URL here is the emulator on 127.0.0.1
-
 from __future__ import annotations
 
 import json
@@ -10,15 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from google.cloud import compute_v1
+from lgtest import PROJECT, ROOT, ZONE, fetch, instance_resource, unique
 
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, unique
-
-ROOT = "/computeMetadata/v1/"
 GOOGLE_AUTH_CHECKS = """
 import json
 import google.auth.transport.requests as tr
@@ -55,17 +49,6 @@ def vm(compute, image):
     ).result()
     yield name, compute.metadata_host(name)
     compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
-
-
-def fetch(host: str, path: str, headers=None, timeout: float = 30.0):
-    """(status, headers, body) of a GET; HTTP errors are answers, not exceptions."""
-    headers = {"Metadata-Flavor": "Google"} if headers is None else headers
-    request = urllib.request.Request(f"http://{host}{path}", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, resp.headers, resp.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.headers, err.read().decode()
 
 
 def test_google_auth_sees_a_gce_metadata_server(vm):

@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 from google.cloud import compute_v1
+from lgtest import PROJECT, ZONE, instance_resource, unique, wait_for
 
 from localgce.ssh import parse_ssh_keys
-from tests.localgce.conftest import PROJECT, ZONE, instance_resource, unique, wait_for
 
 pytestmark = pytest.mark.skipif(
     not shutil.which("sshd") and not shutil.os.path.exists("/usr/sbin/sshd"),
