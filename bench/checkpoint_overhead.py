@@ -84,16 +84,19 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    with_ckpt, without, in_run = [], [], []
+    with_ckpt, without, in_run, cpu_with, cpu_without = [], [], [], [], []
     saves = 0
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
         attempt = loop_seconds(args.train_steps, args.checkpoint_steps)
         with_ckpt.append(attempt["loop_seconds"])
+        cpu_with.append(attempt["loop_cpu_seconds"])
         saves = attempt["periodic_saves"]
         # Load-independent estimate from the same run: time in periodic saves vs. the rest.
         save_seconds = attempt["periodic_save_seconds"]
         in_run.append(attempt["loop_seconds"] / (attempt["loop_seconds"] - save_seconds))
-        without.append(loop_seconds(args.train_steps, 0)["loop_seconds"])
+        plain = loop_seconds(args.train_steps, 0)
+        without.append(plain["loop_seconds"])
+        cpu_without.append(plain["loop_cpu_seconds"])
     ratio = statistics.median(with_ckpt) / statistics.median(without)
     notice = notice_save_seconds(after_steps=500)
     print(f"keras_digits, {args.train_steps} steps, median of {args.repeats} interleaved runs")
@@ -106,6 +109,8 @@ def main() -> int:
         f"runs {[round(s, 3) for s in without]}"
     )
     print(f"  overhead ratio, side by side: {ratio:.4f} (target ≤ 1.02; noisy on a shared machine)")
+    cpu_ratio = statistics.median(cpu_with) / statistics.median(cpu_without)
+    print(f"  overhead ratio, process CPU time side by side: {cpu_ratio:.4f}")
     print(f"  overhead ratio, in-run save time / loop time: {statistics.median(in_run):.4f}")
     print(f"  notice save (SIGTERM → checkpoint written): {notice:.3f}s (Spot window: 30s)")
     return 0

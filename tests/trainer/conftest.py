@@ -17,7 +17,7 @@ BUCKET = "trainer-tests"
 # Small runs: each example's uninterrupted reference and the interrupted runs use these.
 RUNS = {
     "sklearn_digits": {"framework": "sklearn", "steps": 150, "ckpt": 20},
-    "keras_digits": {"framework": "keras", "steps": 400, "ckpt": 50},
+    "keras_digits": {"framework": "keras", "steps": 300, "ckpt": 40},
 }
 _counter = itertools.count()
 
