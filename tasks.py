@@ -181,6 +181,7 @@ def watch(c, name):
 
 @task(
     name="ssh-logs",
+    positional=["name"],
     help={
         "name": "job name (default: the job launched last from here)",
         "follow": "keep streaming new lines (tail -F) until Ctrl-C",
@@ -209,7 +210,7 @@ def preempt(c, name):
     cli.preempt(c, name)
 
 
-@task(help={"name": "job name to delete", "all": "delete every job instance"})
+@task(positional=["name"], help={"name": "job name to delete", "all": "delete every job instance"})
 def down(c, name=None, all=False):
     """Delete a job's instance (or --all); job dirs and checkpoints are kept."""
     from survival import cli

@@ -3,7 +3,6 @@ trainer, against the emulator. One emulator for the module; each test names its 
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -235,18 +234,31 @@ def test_instance_resource_captured_at_localgce(cloud, provisioning, gpus):
 
 def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
     import dataclasses
+    import socket
+    import time
 
     from survival.logs import show_logs
 
-    result = invoke(cloud, "ssh-logs", "e2e-chaos")
+    # keep-alive: the VM stays RUNNING (with its sshd) after the job is DONE.
+    started = invoke(
+        cloud, "train", "--branch", "exp1", "--example", "sklearn_digits", "--name", "sshjob",
+        "--train-steps", "20", "--checkpoint-steps", "10", "--keep-alive", "--no-follow",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 180
+    while True:
+        result = invoke(cloud, "ssh-logs", "sshjob")
+        if "INFO trainer: DONE" in result.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert result.returncode == 0, result.stderr
-    assert "falling back" not in result.stdout
-    assert "INFO trainer:" in result.stdout
-    # SSH unreachable (nothing listens on the port) → the serial console, and it says so.
-    compute = cloud["compute"]
-    info = compute.get_instance("us-central1-a", "e2e-chaos")
-    import socket
+    assert "falling back" not in result.stdout, result.stdout[-2000:]
+    assert "INFO trainer: DONE" in result.stdout
+    assert Path(cloud["env"]["INVOKE_SURVIVAL_SSH_KEY_PATH"]).exists()
 
+    # SSH unreachable (nothing listens there any more) → the serial console, and it says so.
+    compute = cloud["compute"]
+    info = compute.get_instance("us-central1-a", "sshjob")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
@@ -258,4 +270,5 @@ def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
     assert mode == "serial"
     assert "falling back to the serial console" in lines[0]
     assert any("startup-script:" in line for line in lines)
-    assert json.loads("{}") == {}
+    down = invoke(cloud, "down", "sshjob")
+    assert down.returncode == 0 and "deleted sshjob" in down.stdout
