@@ -141,8 +141,12 @@ def test_30_concurrent_lifecycles_leave_no_process_and_only_loopback_sockets(tmp
         with ThreadPoolExecutor(max_workers=INSTANCES) as pool:
             list(pool.map(boot, names))
 
-        running = leftover_guests(TOKEN)
-        assert len(running) >= 3 * INSTANCES, "the detector must see the guests while they run"
+        # The script prints its line before its background children have all exec'd `sleep`:
+        # wait (bounded) until the detector sees all three per guest, so it is proven to work.
+        wait_for(
+            lambda: len(leftover_guests(TOKEN)) >= 3 * INSTANCES,
+            what="the detector to see every guest's three processes while they run",
+        )
 
         # Acceptance 7, while all 30 run with their metadata servers, sshd and scripts.
         pids = descendants(endpoints["pid"])

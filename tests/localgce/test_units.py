@@ -50,3 +50,18 @@ def test_paging_tokens_walk_every_item():
         if not token:
             break
     assert seen == [f"i{n}" for n in range(5)]
+
+
+def test_script_argv_applies_the_shebang_like_the_kernel(tmp_path):
+    from localgce.guest import script_argv
+
+    script = tmp_path / "startup-script"
+    assert script_argv("echo hi\n", script) == ["/bin/bash", str(script)]
+    assert script_argv("  \n#!/usr/bin/env python3\nprint(1)\n", script) == [
+        "/usr/bin/env",
+        "python3",
+        str(script),
+    ]
+    # Everything after the interpreter is one argument, as on Linux.
+    assert script_argv("#!/bin/bash -e -u\n", script) == ["/bin/bash", "-e -u", str(script)]
+    assert script_argv("#!\n", script) == ["/bin/bash", str(script)]
