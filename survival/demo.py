@@ -1,5 +1,5 @@
-"""`make demo`: the main job on localgce. Starts localgce if needed, registers a local image
-(the kit's own .venv) if the family has none, runs `invoke train --branch exp1 --chaos 2`,
+"""`make demo`: the main job on localgce. Starts localgce if needed, bakes a local image with
+Packer if the family has none, runs `invoke train --branch exp1 --chaos 2`,
 `invoke status`, and writes the timeline PNG."""
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ DEMO_CHECKPOINT_STEPS = 500
 
 
 def ensure_local_image(state_dir: Path, project: str, family: str) -> str:
-    """A local image of ``family`` (a dir whose venv/ links to the kit's .venv), made if none."""
+    """The newest image of ``family`` in localgce; baked through Packer (`invoke bake-image
+    --backend local`) when the family has none yet."""
     from google.api_core import exceptions
     from google.cloud import compute_v1
 
     from localgce.client import compute_client_options, ensure_running
+    from survival import bake
 
     endpoints = ensure_running(state_dir)
     images = compute_v1.ImagesClient(**compute_client_options(endpoints))
@@ -28,18 +30,11 @@ def ensure_local_image(state_dir: Path, project: str, family: str) -> str:
         return images.get_from_family(project=project, family=family).name
     except exceptions.NotFound:
         pass
-    image_dir = (state_dir / "demo-image").resolve()
-    image_dir.mkdir(parents=True, exist_ok=True)
-    venv = image_dir / "venv"
-    if not venv.exists():
-        venv.symlink_to(Path(sys.prefix))
-    name = f"{family}-local-{time.strftime('%Y%m%d%H%M%S', time.gmtime())}"
-    image = compute_v1.Image(
-        name=name, family=family, raw_disk=compute_v1.RawDisk(source=str(image_dir))
-    )
-    images.insert(project=project, image_resource=image).result(timeout=120)
-    print(f"demo: registered local image {name} (family {family}) from {image_dir}")
-    return name
+    print(f"demo: no image in family {family} yet; baking one with Packer (about a minute)")
+    plan = bake.prepare(bake.local_plan(family=family, state_dir=state_dir))
+    result = bake.bake(plan)
+    print(f"demo: baked local image {result.image_name} (family {result.family})")
+    return result.image_name
 
 
 def main(argv: list[str] | None = None) -> int:

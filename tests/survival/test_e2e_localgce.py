@@ -4,6 +4,7 @@ trainer, against the emulator. One emulator for the module; each test names its 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.slow
 def cloud():
     from localgce import daemon
     from localgce.client import compute_client_options, ensure_running
-    from survival.demo import ensure_local_image
     from survival.gce import GoogleCompute
 
     # Not under pytest's 0700 tmp dirs: the guest may drop to an unprivileged user.
@@ -30,7 +30,7 @@ def cloud():
     root.chmod(0o755)
     state = root / "state"
     endpoints = ensure_running(state, grace_spot_seconds=20)
-    ensure_local_image(state, "local-project", "gce-survival-kit")
+    _register_kit_venv_image(endpoints, state, "gce-survival-kit")
     os.environ["STORAGE_EMULATOR_HOST"] = endpoints["storage"]
     from survival.backend import ensure_bucket
 
@@ -53,11 +53,49 @@ def cloud():
         daemon.stop(state)
 
 
+def _register_kit_venv_image(endpoints, state: Path, family: str) -> None:
+    """A local image whose venv/ is this test run's own environment. The Packer bake of a fresh
+    environment is tested on its own (test_bake_local.py); here it would only add a minute."""
+    from google.cloud import compute_v1
+
+    from localgce.client import compute_client_options
+
+    image_dir = state / "kit-image"
+    image_dir.mkdir(parents=True)
+    (image_dir / "venv").symlink_to(Path(sys.prefix))
+    images = compute_v1.ImagesClient(**compute_client_options(endpoints))
+    image = compute_v1.Image(
+        name=f"{family}-kit-venv", family=family, raw_disk=compute_v1.RawDisk(source=str(image_dir))
+    )
+    images.insert(project="local-project", image_resource=image).result(timeout=120)
+
+
 def invoke(cloud, *args, timeout=600):
     return subprocess.run(
         [sys.executable, "-m", "invoke", *args], cwd=REPO, env=cloud["env"],
         capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
+
+
+def _listening_pids(port: int) -> list[int]:
+    """Pids of processes with a TCP socket listening on 127.0.0.1:port (from /proc)."""
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            inodes.add(f"socket:[{inode}]")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (proc / "fd").iterdir()}
+        except OSError:
+            continue
+        if links & inodes:
+            pids.append(int(proc.name))
+    return pids
 
 
 def _download(env, url, target):
@@ -233,11 +271,7 @@ def test_instance_resource_captured_at_localgce(cloud, provisioning, gpus):
 
 
 def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
-    import dataclasses
-    import socket
     import time
-
-    from survival.logs import show_logs
 
     # keep-alive: the VM stays RUNNING (with its sshd) after the job is DONE.
     started = invoke(
@@ -256,19 +290,22 @@ def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
     assert "INFO trainer: DONE" in result.stdout
     assert Path(cloud["env"]["INVOKE_SURVIVAL_SSH_KEY_PATH"]).exists()
 
-    # SSH unreachable (nothing listens there any more) → the serial console, and it says so.
-    compute = cloud["compute"]
-    info = compute.get_instance("us-central1-a", "sshjob")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
-    dead = dataclasses.replace(info, nat_ip=f"127.0.0.1:{closed_port}")
-    lines: list[str] = []
-    key = Path(cloud["env"]["INVOKE_SURVIVAL_SSH_KEY_PATH"])
-    mode = show_logs(compute, dead, "root", key, follow=False, out=lines.append,
-                     connect_timeout_seconds=5)  # fmt: skip
-    assert mode == "serial"
-    assert "falling back to the serial console" in lines[0]
-    assert any("startup-script:" in line for line in lines)
+    # Stop the instance's sshd for real (as if it had crashed): `invoke ssh-logs` must fall back to
+    # the serial console and say so.
+    info = cloud["compute"].get_instance("us-central1-a", "sshjob")
+    port = int(info.nat_ip.rsplit(":", 1)[1])
+    sshd_pids = _listening_pids(port)
+    assert sshd_pids, f"nothing listens on the published ssh port {port}"
+    for pid in sshd_pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _listening_pids(port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _listening_pids(port), "sshd still listening after SIGKILL"
+    fallback = invoke(cloud, "ssh-logs", "sshjob")
+    assert fallback.returncode == 0, fallback.stderr
+    assert "falling back to the serial console" in fallback.stdout, fallback.stdout[:500]
+    assert "startup-script:" in fallback.stdout
+    assert "INFO trainer: DONE" in fallback.stdout
     down = invoke(cloud, "down", "sshjob")
     assert down.returncode == 0 and "deleted sshjob" in down.stdout
