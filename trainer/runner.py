@@ -429,9 +429,16 @@ def _configure_logging() -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # TF's checkpoint chatter
 
 
+def _module_name(task_cls: type[Task]) -> str:
+    """The dotted name users type after `python -m` (run that way, the module is `__main__`)."""
+    module = sys.modules.get(task_cls.__module__)
+    spec = getattr(module, "__spec__", None)
+    return spec.name if spec is not None else task_cls.__module__
+
+
 def main(task_cls: type[Task], argv: list[str] | None = None, prog: str | None = None) -> int:
     """Entry point for an example module: ``sys.exit(main(MyTask))``."""
-    parser = build_parser(task_cls, prog or f"python -m {task_cls.__module__}")
+    parser = build_parser(task_cls, prog or f"python -m {_module_name(task_cls)}")
     args = parser.parse_args(argv)
     if not args.job_dir:
         parser.error("--job-dir is required (or set AIP_CHECKPOINT_DIR)")
