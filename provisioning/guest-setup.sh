@@ -6,7 +6,7 @@
 # Usage: guest-setup.sh [--root DIR] [--user NAME]
 #   --root DIR    apply file changes under DIR instead of / (tests; packages and the user are then
 #                 skipped, since they need the real system)
-#   --user NAME   the trainer user (default trainer)
+#   --user NAME   the unprivileged user startup.sh runs the trainer as (default survival)
 # Idempotent: every step checks before it changes anything.
 set -euo pipefail
 
@@ -72,7 +72,7 @@ CONF
 }
 
 guest::main() {
-  local root="/" user="trainer"
+  local root="/" user="survival"
   while (($# > 0)); do
     case "$1" in
       --root | --user)
