@@ -39,7 +39,9 @@ log = logging.getLogger("trainer")
 
 SLOW_CHECKPOINT_ENV = "SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS"  # test hook: widen the write window
 STOPPING_NOTICES = ("sigterm", "preempted")
-HEARTBEAT_MAX_SECONDS = 10.0  # also how stale the LEASE's step (lost-step estimate) may be
+# How stale the LEASE's step (the lost-step estimate of a killed attempt) may be. Cloud Storage
+# allows about one write per second to one object, so 2 s leaves headroom.
+HEARTBEAT_MAX_SECONDS = 2.0
 
 
 class Stop(Exception):
