@@ -10,7 +10,7 @@
 #   --requirements FILE  explicit requirements file (overrides --flavor; env PYTHON_ENV_REQUIREMENTS)
 #   --trainer-src DIR    a directory holding the `trainer` package to copy into the environment
 #                        (env PYTHON_ENV_TRAINER_SRC; default: none)
-#   --python PYTHON      base interpreter, 3.11+ (default: python3.11 if present, else python3)
+#   --python PYTHON      base interpreter, 3.11+ (default: /usr/bin/python3.11, python3.11, python3)
 #   --cache-dir DIR      pip cache, kept between bakes so re-bakes are fast (env PIP_CACHE_DIR)
 #
 # Idempotent: when the environment already holds exactly these requirements (a hash recorded in
@@ -33,11 +33,16 @@ pyenv::usage() {
 pyenv::base_python() {
   local choice="$1"
   if [[ -z "${choice}" ]]; then
-    if command -v python3.11 >/dev/null 2>&1; then
-      choice="python3.11"
-    else
-      choice="python3"
-    fi
+    # The OS interpreter first (what guest-setup.sh installs): an environment built on a
+    # per-user interpreter (pyenv under /root, say) cannot be run by the unprivileged trainer user.
+    local candidate
+    for candidate in /usr/bin/python3.11 python3.11 python3; do
+      if command -v "${candidate}" >/dev/null 2>&1; then
+        choice="${candidate}"
+        break
+      fi
+    done
+    choice="${choice:-python3}"
   fi
   command -v "${choice}" >/dev/null 2>&1 ||
     prov::die "${PROV_EXIT_USAGE}" "no ${choice} on PATH; install Python 3.11+ (guest-setup.sh does on the image) or pass --python"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the OS tools the kit's tests and tasks drive: packer (Debian's 1.6.6), shellcheck,
-# openssh-server (localgce's per-instance sshd), git and curl. Does nothing when all are present.
+# openssh-server (localgce's per-instance sshd), git, curl and python3-venv (the OS Python that
+# local image environments are built on, as on a real image). Does nothing when all are present.
 set -euo pipefail
 
-readonly SYSDEPS_PACKAGES=(packer shellcheck openssh-server openssh-client git curl)
+readonly SYSDEPS_PACKAGES=(packer shellcheck openssh-server openssh-client git curl python3-venv)
 
 sysdeps::missing() {
   local missing=() pkg
