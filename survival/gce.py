@@ -16,26 +16,11 @@ from typing import Any
 
 from survival.compute import InstanceInfo
 from survival.errors import ConfigError, TransientError, classify_operation_error
+from survival.sdk import api_exceptions, compute_v1, wait_until_done
 
 OPERATION_POLL_SECONDS = 0.5
 OPERATION_TIMEOUT_SECONDS = 900.0
 METADATA_FINGERPRINT_RETRIES = 5
-
-
-def _sdk() -> Any:
-    try:
-        from google.cloud import compute_v1
-    except ImportError as exc:  # pragma: no cover - the dependency is pinned
-        raise ConfigError(
-            "google-cloud-compute is not installed: run `make setup` (it is a pinned dependency)"
-        ) from exc
-    return compute_v1
-
-
-def _api_exceptions() -> Any:
-    from google.api_core import exceptions
-
-    return exceptions
 
 
 def _to_raw(message: Any) -> dict[str, Any]:
@@ -95,13 +80,13 @@ class GoogleCompute:
 
     def _client(self, kind: str) -> Any:
         if kind not in self._clients:
-            cls = getattr(_sdk(), kind)
+            cls = getattr(compute_v1(), kind)
             self._clients[kind] = cls(**self._client_kwargs)
         return self._clients[kind]
 
     def _call(self, fn: Callable[..., Any], where: str, /, **kwargs: Any) -> Any:
         """Run one API call, mapping HTTP errors onto the taxonomy (``where``: for messages)."""
-        exc = _api_exceptions()
+        exc = api_exceptions()
         try:
             return fn(**kwargs)
         except (exc.ServiceUnavailable, exc.TooManyRequests, exc.InternalServerError,
@@ -120,21 +105,27 @@ class GoogleCompute:
 
     def _wait(self, operation: Any, zone: str | None) -> None:
         """Wait for DONE through an operations client with our endpoint; raise on errors."""
-        sdk = _sdk()
-        deadline = time.monotonic() + self._timeout_seconds
-        done = sdk.Operation.Status.DONE
-        while operation.status != done:
-            if time.monotonic() > deadline:
-                raise TransientError(f"operation {operation.name} not DONE after a while")
-            self._sleep(self._poll_seconds)
-            if zone:
-                operation = self._client("ZoneOperationsClient").get(
-                    project=self.project, zone=zone, operation=operation.name
-                )
-            else:
-                operation = self._client("GlobalOperationsClient").get(
-                    project=self.project, operation=operation.name
-                )
+        if zone:
+            client = self._client("ZoneOperationsClient")
+
+            def refresh(name: str) -> Any:
+                return client.get(project=self.project, zone=zone, operation=name)
+        else:
+            client = self._client("GlobalOperationsClient")
+
+            def refresh(name: str) -> Any:
+                return client.get(project=self.project, operation=name)
+
+        finished = wait_until_done(
+            operation,
+            refresh,
+            poll_seconds=self._poll_seconds,
+            timeout_seconds=self._timeout_seconds,
+            sleep=self._sleep,
+        )
+        if finished is None:
+            raise TransientError(f"operation {operation.name} not DONE after a while")
+        operation = finished
         errors = list(operation.error.errors) if operation.error else []
         if errors:
             codes = [e.code for e in errors]
@@ -145,7 +136,7 @@ class GoogleCompute:
 
     # --- instances -------------------------------------------------------------------------
     def insert_instance(self, zone: str, body: dict[str, Any]) -> None:
-        resource = _sdk().Instance.from_json(json.dumps(body))
+        resource = compute_v1().Instance.from_json(json.dumps(body))
         client = self._client("InstancesClient")
         op = self._call(
             client.insert_unary, zone, project=self.project, zone=zone, instance_resource=resource
@@ -156,7 +147,7 @@ class GoogleCompute:
         client = self._client("InstancesClient")
         try:
             inst = self._call(client.get, zone, project=self.project, zone=zone, instance=name)
-        except _api_exceptions().NotFound:
+        except api_exceptions().NotFound:
             return None
         return instance_info(_to_raw(inst))
 
@@ -188,7 +179,7 @@ class GoogleCompute:
     def delete_instance(self, zone: str, name: str) -> None:
         try:
             self._instance_verb("delete", zone, name)
-        except _api_exceptions().NotFound:
+        except api_exceptions().NotFound:
             return
 
     def preempt_instance(self, zone: str, name: str) -> None:
@@ -220,7 +211,7 @@ class GoogleCompute:
             image = self._call(
                 client.get_from_family, "global", project=self.project, family=family
             )
-        except _api_exceptions().NotFound:
+        except api_exceptions().NotFound:
             raise ConfigError(
                 f"no image in family {family!r} of project {self.project}: run `invoke bake-image` "
                 "(on localgce `make demo` registers one) or set survival.image_family"
@@ -234,7 +225,7 @@ class GoogleCompute:
         return {i.key: i.value for i in items}
 
     def set_project_metadata_item(self, key: str, value: str) -> None:
-        sdk = _sdk()
+        sdk = compute_v1()
         client = self._client("ProjectsClient")
         for _ in range(METADATA_FINGERPRINT_RETRIES):
             current = self._call(client.get, "global", project=self.project)
@@ -246,7 +237,7 @@ class GoogleCompute:
                 op = client.set_common_instance_metadata_unary(
                     project=self.project, metadata_resource=resource
                 )
-            except _api_exceptions().PreconditionFailed:
+            except api_exceptions().PreconditionFailed:
                 continue  # someone else changed it in between: read again
             self._wait(op, None)
             return

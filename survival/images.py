@@ -15,28 +15,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from survival.sdk import api_exceptions, compute_v1, wait_until_done
+
 OPERATION_POLL_SECONDS = 1.0
 OPERATION_TIMEOUT_SECONDS = 600.0
 
 
 class ImageError(Exception):
     """A user-facing failure (missing image, API rejection, timeout) with what to do next."""
-
-
-def _sdk() -> Any:
-    try:
-        from google.cloud import compute_v1
-    except ImportError as err:  # pragma: no cover - the dependency is pinned
-        raise ImageError(
-            "google-cloud-compute is not installed; run `make setup` (pip install -e .)"
-        ) from err
-    return compute_v1
-
-
-def _api_exceptions() -> Any:
-    from google.api_core import exceptions
-
-    return exceptions
 
 
 @dataclass(frozen=True)
@@ -117,13 +103,13 @@ class FamilyImages:
     @property
     def images(self) -> Any:
         if self._images is None:
-            self._images = _sdk().ImagesClient(**self._kwargs)
+            self._images = compute_v1().ImagesClient(**self._kwargs)
         return self._images
 
     @property
     def operations(self) -> Any:
         if self._operations is None:
-            self._operations = _sdk().GlobalOperationsClient(**self._kwargs)
+            self._operations = compute_v1().GlobalOperationsClient(**self._kwargs)
         return self._operations
 
     def list(self, family: str | None = None) -> list[ImageInfo]:
@@ -139,7 +125,7 @@ class FamilyImages:
 
     def newest(self, family: str) -> ImageInfo | None:
         """The image a VM booted from ``family`` gets (GCE's getFromFamily), or None."""
-        exc = _api_exceptions()
+        exc = api_exceptions()
         try:
             image = self.images.get_from_family(project=self.project, family=family)
         except exc.NotFound:
@@ -181,7 +167,7 @@ class FamilyImages:
 
     # --- plumbing ---------------------------------------------------------------------------
     def _call(self, fn: Callable[..., Any], **kwargs: Any) -> Any:
-        exc = _api_exceptions()
+        exc = api_exceptions()
         try:
             return fn(**kwargs)
         except exc.NotFound as err:
@@ -194,18 +180,19 @@ class FamilyImages:
             raise ImageError(f"the Compute API rejected the request: {err.message}") from err
 
     def _wait(self, operation: Any) -> None:
-        done = _sdk().Operation.Status.DONE
-        deadline = time.monotonic() + self._timeout_seconds
-        while operation.status != done:
-            if time.monotonic() > deadline:
-                raise ImageError(
-                    f"operation {operation.name} is not DONE after {self._timeout_seconds:g} s; "
-                    "check it with `gcloud compute operations describe`"
-                )
-            self._sleep(self._poll_seconds)
-            operation = self._call(
-                self.operations.get, project=self.project, operation=operation.name
+        finished = wait_until_done(
+            operation,
+            lambda name: self._call(self.operations.get, project=self.project, operation=name),
+            poll_seconds=self._poll_seconds,
+            timeout_seconds=self._timeout_seconds,
+            sleep=self._sleep,
+        )
+        if finished is None:
+            raise ImageError(
+                f"operation {operation.name} is not DONE after {self._timeout_seconds:g} s; "
+                "check it with `gcloud compute operations describe`"
             )
+        operation = finished
         errors = list(operation.error.errors) if operation.error else []
         if errors:
             raise ImageError("; ".join(f"{e.code}: {e.message}" for e in errors))

@@ -1,0 +1,53 @@
+"""The google-cloud-compute SDK, imported lazily (so `invoke --list` stays instant), and the one
+way the kit waits for a Compute Operation.
+
+We never call ``ExtendedOperation.result()``: it polls compute.googleapis.com whatever the
+client's endpoint (gce-semantics §4.4), so on localgce it would reach for Google. Callers poll
+through an operations client built with their own client options instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from survival.errors import ConfigError
+
+
+def compute_v1() -> Any:
+    """``google.cloud.compute_v1``; a one-line error if the pinned dependency is missing."""
+    try:
+        from google.cloud import compute_v1 as module
+    except ImportError as exc:  # pragma: no cover - the dependency is pinned
+        raise ConfigError(
+            "google-cloud-compute is not installed: run `make setup` (it is a pinned dependency)"
+        ) from exc
+    return module
+
+
+def api_exceptions() -> Any:
+    """``google.api_core.exceptions`` (NotFound, Conflict, ...)."""
+    from google.api_core import exceptions
+
+    return exceptions
+
+
+def wait_until_done(
+    operation: Any,
+    refresh: Callable[[str], Any],
+    *,
+    poll_seconds: float,
+    timeout_seconds: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any | None:
+    """Poll ``refresh(operation.name)`` until the Operation is DONE and return it; None if it is
+    still not DONE after ``timeout_seconds``. Errors on the Operation are the caller's to read."""
+    done = compute_v1().Operation.Status.DONE
+    deadline = time.monotonic() + timeout_seconds
+    while operation.status != done:
+        if time.monotonic() > deadline:
+            return None
+        sleep(poll_seconds)
+        operation = refresh(operation.name)
+    return operation

@@ -1,0 +1,67 @@
+"""The kit waits for RUNNING operations through an operations client on *its* endpoint
+(gce-semantics §4.4): against localgce with slow operations, nothing may reach for Google."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import pytest
+
+from localgce import daemon
+from localgce.client import compute_client_options, ensure_running
+from survival.gce import GoogleCompute
+from survival.images import FamilyImages
+
+PROJECT = "ops-project"
+ZONE = "us-central1-a"
+DELAY_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def slow_cloud(tmp_path_factory):
+    state = tmp_path_factory.mktemp("ops") / "state"
+    endpoints = ensure_running(state, operation_delay_seconds=DELAY_SECONDS, ssh_enabled=False)
+    try:
+        yield endpoints
+    finally:
+        daemon.stop(state)
+
+
+def test_slow_image_and_instance_operations_are_waited_for_on_our_endpoint(
+    slow_cloud, tmp_path, monkeypatch
+):
+    # Any attempt to reach compute.googleapis.com fails at once through this dead proxy.
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    options = compute_client_options(slow_cloud)
+    image_dir = tmp_path / "image"
+    image_dir.mkdir()
+    os.symlink(sys.prefix, image_dir / "venv")
+
+    images = FamilyImages(PROJECT, **options, poll_seconds=0.1)
+    started = time.monotonic()
+    images.insert_local("ops-img-1", "ops-family", str(image_dir))
+    assert time.monotonic() - started >= DELAY_SECONDS  # it really waited for RUNNING → DONE
+    assert images.newest("ops-family").name == "ops-img-1"
+
+    compute = GoogleCompute(PROJECT, client_kwargs=options, poll_seconds=0.1)
+    body = {
+        "name": "ops-vm",
+        "machineType": f"zones/{ZONE}/machineTypes/n1-standard-1",
+        "disks": [
+            {
+                "boot": True,
+                "autoDelete": True,
+                "initializeParams": {"sourceImage": f"projects/{PROJECT}/global/images/ops-img-1"},
+            }
+        ],
+        "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP"},
+    }
+    started = time.monotonic()
+    compute.insert_instance(ZONE, body)
+    assert time.monotonic() - started >= DELAY_SECONDS
+    assert compute.get_instance(ZONE, "ops-vm").status in ("PROVISIONING", "STAGING", "RUNNING")
+    compute.delete_instance(ZONE, "ops-vm")
+    assert compute.get_instance(ZONE, "ops-vm") is None
