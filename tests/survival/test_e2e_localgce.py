@@ -221,6 +221,25 @@ def test_missing_branch_with_no_push_fails_before_any_instance(cloud):
     assert cloud["compute"].get_instance("us-central1-a", "nobranch") is None
 
 
+def test_capacity_error_moves_to_the_next_zone(cloud):
+    from localgce.client import set_config
+
+    set_config(cloud["endpoints"], exhausted_zones=["us-central1-a"])
+    try:
+        result = invoke(
+            cloud, "train", "--branch", "exp1", "--example", "sklearn_digits", "--name", "fullzone",
+            "--train-steps", "20", "--checkpoint-steps", "10", "--no-follow",
+        )  # fmt: skip
+    finally:
+        set_config(cloud["endpoints"], exhausted_zones=[])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "no capacity in us-central1-a (ZONE_RESOURCE_POOL_EXHAUSTED)" in result.stdout
+    compute = cloud["compute"]
+    assert compute.get_instance("us-central1-a", "fullzone") is None
+    assert compute.get_instance("us-central1-b", "fullzone") is not None
+    assert invoke(cloud, "down", "fullzone").returncode == 0
+
+
 EXPECTED = {
     "spot": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP",
              "onHostMaintenance": "TERMINATE", "automaticRestart": False},
