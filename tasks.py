@@ -183,11 +183,11 @@ def watch(c, name):
     name="ssh-logs",
     positional=["name"],
     help={
-        "name": "job name (default: the job launched last from here)",
+        "name": "job name (see `invoke status`)",
         "follow": "keep streaming new lines (tail -F) until Ctrl-C",
     },
 )
-def ssh_logs(c, name=None, follow=False):
+def ssh_logs(c, name, follow=False):
     """Show the trainer log over SSH (Fabric); falls back to the serial console."""
     from survival import cli
 
@@ -210,12 +210,18 @@ def preempt(c, name):
     cli.preempt(c, name)
 
 
-@task(positional=["name"], help={"name": "job name to delete", "all": "delete every job instance"})
-def down(c, name=None, all=False):
-    """Delete a job's instance (or --all); job dirs and checkpoints are kept."""
+# Invoke has no optional positionals, so NAME and --all share one argument: `invoke down NAME`
+# fills it positionally, and a bare `--all` (its value is optional) arrives as True.
+@task(
+    positional=["all"],
+    optional=["all"],
+    help={"all": "job NAME to delete (positional), or --all for every job instance"},
+)
+def down(c, all=None):
+    """Delete a job's instance (NAME or --all); job dirs and checkpoints are kept."""
     from survival import cli
 
-    cli.down(c, name, all)
+    cli.down(c, None if all is True else all, all is True)
 
 
 @task(

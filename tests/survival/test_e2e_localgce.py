@@ -328,3 +328,23 @@ def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
     assert "INFO trainer: DONE" in fallback.stdout
     down = invoke(cloud, "down", "sshjob")
     assert down.returncode == 0 and "deleted sshjob" in down.stdout
+
+
+def test_down_all_deletes_every_job_instance_and_keeps_job_dirs(cloud):
+    from survival.instance_spec import JOB_LABEL
+
+    zones = ("us-central1-a", "us-central1-b", "us-central1-c")
+    before = cloud["compute"].list_instances(zones, JOB_LABEL)
+    assert before, "the tests above leave job instances behind for this test to delete"
+    result = invoke(cloud, "down", "--all")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("deleted ") == len(before)
+    assert cloud["compute"].list_instances(zones, JOB_LABEL) == []
+    # Job dirs are kept: the chaos job's DONE marker is still readable.
+    status = subprocess.run(
+        [sys.executable, "-m", "trainer.jobdir", "is-done", "gs://survival-jobs/jobs/e2e-chaos"],
+        env=cloud["env"], check=False,
+    )  # fmt: skip
+    assert status.returncode == 0
+    nothing = invoke(cloud, "down")
+    assert nothing.returncode != 0
