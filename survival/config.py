@@ -107,8 +107,12 @@ class Settings:
         raw = {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sources"
         }
+        # Values derived from others (project, job bucket, repo, ...) are derived again: a flag
+        # such as --backend gce must not inherit what was derived for backend local.
+        derived = {k for k, src in self.sources.items() if src.startswith("derived")} - set(given)
+        raw.update({k: "" for k in derived})
         raw.update(given)
-        sources = dict(self.sources)
+        sources = {k: src for k, src in self.sources.items() if k not in derived}
         sources.update({k: f"flag --{k.replace('_', '-')}" for k in given})
         return _build(raw, sources)
 

@@ -61,6 +61,20 @@ def test_gce_without_project_says_what_to_fill(monkeypatch):
     assert "\n" not in str(err.value)
 
 
+def test_a_backend_flag_derives_project_bucket_and_repo_again(monkeypatch):
+    local = Settings.from_invoke(_config(monkeypatch))
+    assert local.project == "local-project"
+    # --backend gce must not inherit the project derived for backend local.
+    with pytest.raises(ConfigError, match=r"survival\.project is empty"):
+        local.with_flags(backend="gce")
+    monkeypatch.setenv("INVOKE_SURVIVAL_PROJECT", "my-proj-1")
+    configured = Settings.from_invoke(_config(monkeypatch))
+    gce = configured.with_flags(backend="gce")
+    assert gce.project == "my-proj-1" and gce.sources["backend"] == "flag --backend"
+    assert gce.job_bucket == "my-proj-1-survival-jobs"
+    assert gce.trainer_repo == "https://source.developers.google.com/p/my-proj-1/r/trainer"
+
+
 def test_gce_defaults(monkeypatch):
     config = _config(
         monkeypatch, env={"INVOKE_SURVIVAL_BACKEND": "gce", "INVOKE_SURVIVAL_PROJECT": "my-proj-1"}
