@@ -238,13 +238,7 @@ def jobs_plot(c, name, output=None):
 # === end train tasks ===
 
 # === bake-image/images tasks (issue 5) ===
-
-
-def _survival(c, key, default):
-    """One `survival` setting from invoke's config layers, or ``default`` until it is defined."""
-    section = c.config.get("survival") or {}
-    value = section.get(key)
-    return default if value in (None, "") else value
+# Logic lives in survival/bake.py and survival/images.py; settings as for the train tasks.
 
 
 @task(
@@ -263,40 +257,29 @@ def bake_image(c, backend=None, family=None, gpu=None, source_family="debian-12"
                dry_run=False):  # fmt: skip
     """Bake the training image with Packer (validate, build) and print its name and family."""
     from survival import bake
+    from survival.cli import settings, user_errors
 
-    backend = backend or _survival(c, "backend", "local")
-    family = family or _survival(c, "image_family", "gce-survival-kit")
-    state_dir = _survival(c, "local_state_dir", ".localgce")
+    with user_errors():
+        current = settings(c, backend=backend, image_family=family)
     try:
-        if backend == "local":
-            plan = bake.local_plan(family=family, state_dir=state_dir)
-        elif backend == "gce":
-            zones = _survival(c, "zones", [])
-            gpu = gpu or "{}:{}".format(
-                _survival(c, "gpu_type", "nvidia-tesla-t4"), _survival(c, "gpu_count", 1)
-            )
-            plan = bake.gce_plan(
-                family=family,
-                project=_survival(c, "project", ""),
-                zone=zones[0] if zones else "",
-                machine_type=_survival(c, "machine_type", "n1-standard-4"),
-                gpu=gpu,
-                source_family=source_family,
-                state_dir=state_dir,
-                disk_size_gb=int(_survival(c, "disk_size_gb", 50)),
-                service_account=_survival(c, "service_account", ""),
-                use_os_login=os_login,
-            )
-        else:
-            raise Exit(f"--backend {backend!r}: choose local or gce")
+        plan = bake.plan_for(current, gpu=gpu, source_family=source_family, use_os_login=os_login)
         if dry_run:
             print(bake.describe(plan))
             return
-        plan = bake.prepare(plan)
-        result = bake.bake(plan)
+        result = bake.bake(bake.prepare(plan))
     except bake.BakeError as err:
         raise Exit(f"bake-image: {err}") from err
     print(f"image {result.image_name} (family {result.family}) baked on {result.backend}")
+
+
+def _family_images(c, backend, family):
+    from survival import images
+    from survival.cli import settings, user_errors
+
+    with user_errors():
+        current = settings(c, backend=backend, image_family=family)
+    store = images.for_backend(current.backend, current.project, str(current.local_state_dir))
+    return store, current.image_family
 
 
 @task(
@@ -308,14 +291,12 @@ def bake_image(c, backend=None, family=None, gpu=None, source_family="debian-12"
 def images_list(c, family=None, backend=None):
     """List the family's images, newest first, deprecated ones marked."""
     from survival import images
+    from survival.cli import user_errors
 
-    backend = backend or _survival(c, "backend", "local")
-    family = family or _survival(c, "image_family", "gce-survival-kit")
     try:
-        store = images.for_backend(
-            backend, _survival(c, "project", ""), _survival(c, "local_state_dir", ".localgce")
-        )
-        print(images.format_table(store.list(family), family))
+        store, family = _family_images(c, backend, family)
+        with user_errors():
+            print(images.format_table(store.list(family), family))
     except images.ImageError as err:
         raise Exit(f"images: {err}") from err
 
@@ -330,13 +311,12 @@ def images_list(c, family=None, backend=None):
 def images_deprecate(c, name, replacement="", backend=None):
     """Deprecate image NAME so the family's newest-image lookup skips it."""
     from survival import images
+    from survival.cli import user_errors
 
-    backend = backend or _survival(c, "backend", "local")
     try:
-        store = images.for_backend(
-            backend, _survival(c, "project", ""), _survival(c, "local_state_dir", ".localgce")
-        )
-        store.deprecate(name, replacement=replacement)
+        store, _ = _family_images(c, backend, None)
+        with user_errors():
+            store.deprecate(name, replacement=replacement)
     except images.ImageError as err:
         raise Exit(f"images.deprecate: {err}") from err
     print(f"image {name} is DEPRECATED" + (f" (replacement {replacement})" if replacement else ""))

@@ -234,6 +234,32 @@ def gce_plan(
     )
 
 
+def plan_for(
+    settings: Any,
+    *,
+    gpu: str | None = None,
+    source_family: str = "debian-12",
+    use_os_login: bool = False,
+) -> BakePlan:
+    """The plan `invoke bake-image` runs, from the validated ``survival`` settings."""
+    if settings.backend == "local":
+        return local_plan(family=settings.image_family, state_dir=settings.local_state_dir)
+    if gpu is None:
+        gpu = f"{settings.gpu_type}:{settings.gpu_count}" if settings.gpu_count else "none"
+    return gce_plan(
+        family=settings.image_family,
+        project=settings.project,
+        zone=settings.zones[0] if settings.zones else "",
+        machine_type=settings.machine_type,
+        gpu=gpu,
+        source_family=source_family,
+        state_dir=settings.local_state_dir,
+        disk_size_gb=settings.disk_size_gb,
+        service_account=settings.service_account,
+        use_os_login=use_os_login,
+    )
+
+
 def describe(plan: BakePlan) -> str:
     """What --dry-run prints: the commands (copy-pasteable) and the variables."""
     lines = [

@@ -16,7 +16,7 @@ from typing import Any
 
 from survival.compute import InstanceInfo
 from survival.errors import ConfigError, TransientError, classify_operation_error
-from survival.sdk import api_exceptions, compute_v1, wait_until_done
+from survival.sdk import api_exceptions, compute_v1, make_client, wait_until_done
 
 OPERATION_POLL_SECONDS = 0.5
 OPERATION_TIMEOUT_SECONDS = 900.0
@@ -81,7 +81,7 @@ class GoogleCompute:
     def _client(self, kind: str) -> Any:
         if kind not in self._clients:
             cls = getattr(compute_v1(), kind)
-            self._clients[kind] = cls(**self._client_kwargs)
+            self._clients[kind] = make_client(cls, **self._client_kwargs)
         return self._clients[kind]
 
     def _call(self, fn: Callable[..., Any], where: str, /, **kwargs: Any) -> Any:

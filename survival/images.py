@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from survival.sdk import api_exceptions, compute_v1, wait_until_done
+from survival.sdk import api_exceptions, compute_v1, make_client, wait_until_done
 
 OPERATION_POLL_SECONDS = 1.0
 OPERATION_TIMEOUT_SECONDS = 600.0
@@ -103,13 +103,13 @@ class FamilyImages:
     @property
     def images(self) -> Any:
         if self._images is None:
-            self._images = compute_v1().ImagesClient(**self._kwargs)
+            self._images = make_client(compute_v1().ImagesClient, **self._kwargs)
         return self._images
 
     @property
     def operations(self) -> Any:
         if self._operations is None:
-            self._operations = compute_v1().GlobalOperationsClient(**self._kwargs)
+            self._operations = make_client(compute_v1().GlobalOperationsClient, **self._kwargs)
         return self._operations
 
     def list(self, family: str | None = None) -> list[ImageInfo]:

@@ -33,6 +33,20 @@ def api_exceptions() -> Any:
     return exceptions
 
 
+def make_client(client_class: Any, **kwargs: Any) -> Any:
+    """A compute_v1 client; missing Application Default Credentials become one line that says
+    what to run (the client looks them up when it is built, for real GCE)."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    try:
+        return client_class(**kwargs)
+    except DefaultCredentialsError as exc:
+        raise ConfigError(
+            "no Google credentials for backend gce: run `gcloud auth application-default login` "
+            "(or set GOOGLE_APPLICATION_CREDENTIALS), or use backend local"
+        ) from exc
+
+
 def wait_until_done(
     operation: Any,
     refresh: Callable[[str], Any],

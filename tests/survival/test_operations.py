@@ -65,3 +65,18 @@ def test_slow_image_and_instance_operations_are_waited_for_on_our_endpoint(
     assert compute.get_instance(ZONE, "ops-vm").status in ("PROVISIONING", "STAGING", "RUNNING")
     compute.delete_instance(ZONE, "ops-vm")
     assert compute.get_instance(ZONE, "ops-vm") is None
+
+
+def test_missing_google_credentials_is_one_line_saying_what_to_run(monkeypatch, tmp_path):
+    from google.cloud import compute_v1
+
+    from survival.errors import ConfigError
+    from survival.sdk import make_client
+
+    # No ADC anywhere: no env var, an empty gcloud config dir, no metadata server to ask.
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    with pytest.raises(ConfigError, match="gcloud auth application-default login") as err:
+        make_client(compute_v1.ImagesClient)
+    assert "\n" not in str(err.value)
