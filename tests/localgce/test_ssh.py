@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from google.cloud import compute_v1
@@ -12,10 +13,12 @@ from lgtest import PROJECT, ZONE, instance_resource, unique, wait_for
 
 from localgce.ssh import parse_ssh_keys
 
-pytestmark = pytest.mark.skipif(
-    not shutil.which("sshd") and not shutil.os.path.exists("/usr/sbin/sshd"),
-    reason="openssh-server not installed (make system-deps installs it)",
-)
+
+@pytest.fixture(autouse=True)
+def _sshd_installed():
+    """These tests need openssh-server; `make test` installs it, so its absence is a failure."""
+    if not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists():
+        pytest.fail("openssh-server is not installed: run `make system-deps`")
 
 
 def keypair(tmp_path, name: str):
