@@ -55,6 +55,15 @@ class Compute:
         self.zone_operations = compute_v1.ZoneOperationsClient(**opts)
         self.global_operations = compute_v1.GlobalOperationsClient(**opts)
 
+    def insert(self, name: str, image: str, **resource) -> None:
+        """instances.insert of `instance_resource(name, image, **resource)`; waits for DONE."""
+        self.instances.insert(
+            project=PROJECT, zone=ZONE, instance_resource=instance_resource(name, image, **resource)
+        ).result()
+
+    def delete(self, name: str) -> None:
+        self.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+
     def get(self, name: str, zone: str = ZONE) -> compute_v1.Instance:
         return self.instances.get(project=PROJECT, zone=zone, instance=name)
 

@@ -31,11 +31,7 @@ echo "shutdown-script ran preempted=$({MD_GET} instance/preempted)"
 @pytest.mark.slow
 def test_spot_preemption_round_trip(compute, image):
     name = unique("spot")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(name, image, startup=SPOT_STARTUP, shutdown=SHUTDOWN),
-    ).result()
+    compute.insert(name, image, startup=SPOT_STARTUP, shutdown=SHUTDOWN)
     assert compute.status(name) == "RUNNING"
     got = compute.get(name)
     assert got.scheduling.provisioning_model == "SPOT"
@@ -68,7 +64,7 @@ def test_spot_preemption_round_trip(compute, image):
     text = compute.wait_serial(name, r"startup-script: boot-marker preempted=FALSE", count=2)
     assert text.count("Booting") == 2
 
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
     with pytest.raises(exceptions.NotFound):
         compute.get(name)
 
@@ -85,13 +81,7 @@ def test_stop_start_keeps_disk_and_stop_runs_shutdown_script(compute, image):
         'echo "first-on-path=$(command -v shutdown)"\n'
         'echo "project=$GOOGLE_CLOUD_PROJECT mtls=$GCE_METADATA_MTLS_MODE"\n'
     )
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name, image, startup=startup, shutdown="echo bye-from-shutdown", spot=False
-        ),
-    ).result()
+    compute.insert(name, image, startup=startup, shutdown="echo bye-from-shutdown", spot=False)
     text = compute.wait_serial(name, r"startup-script: boots=1")
     root = re.search(r"root=(\S+)", text).group(1)
     assert re.search(rf"home={re.escape(root)}/\S+", text)
@@ -107,40 +97,27 @@ def test_stop_start_keeps_disk_and_stop_runs_shutdown_script(compute, image):
 
     compute.instances.start(project=PROJECT, zone=ZONE, instance=name).result()
     compute.wait_serial(name, r"startup-script: boots=2")  # the disk survived the stop
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
 
 
 @pytest.mark.slow
 def test_guest_shutdown_uses_the_shim_not_the_host(compute, image):
     name = unique("guestoff")
     startup = "#!/bin/bash\necho before-shutdown\nshutdown -h now\nsleep 600 & wait $!\n"
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name, image, startup=startup, shutdown="echo guest-shutdown-script", spot=False
-        ),
-    ).result()
+    compute.insert(name, image, startup=startup, shutdown="echo guest-shutdown-script", spot=False)
     compute.wait_status(name, "TERMINATED")
     text = compute.serial(name)
     assert "Guest poweroff" in text
     assert "shutdown-script: guest-shutdown-script" in text
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
 
 
 @pytest.mark.slow
 def test_spot_delete_action_deletes_on_preemption(compute, image):
     name = unique("spotdel")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name,
-            image,
-            startup="sleep 600",
-            scheduling={"instance_termination_action": "DELETE"},
-        ),
-    ).result()
+    compute.insert(
+        name, image, startup="sleep 600", scheduling={"instance_termination_action": "DELETE"}
+    )
     # simulateMaintenanceEvent on a Spot VM is a preemption (gce-semantics §2.5).
     compute.instances.simulate_maintenance_event(project=PROJECT, zone=ZONE, instance=name).result()
 
@@ -189,7 +166,7 @@ def test_operation_delay_keeps_operations_running(compute, image, lg):
         assert compute.status(name) == "RUNNING"
     finally:
         set_config(lg, operation_delay_seconds=0.0)
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
 
 
 def test_startup_script_url_from_storage(compute, image, lg, monkeypatch):
@@ -199,18 +176,14 @@ def test_startup_script_url_from_storage(compute, image, lg, monkeypatch):
     client.create_bucket(bucket)
     bucket.blob("boot.sh").upload_from_string("#!/bin/bash\necho from-gcs-script\n")
     name = unique("gcsurl")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name,
-            image,
-            spot=False,
-            extra_metadata={"startup-script-url": f"gs://{bucket.name}/boot.sh"},
-        ),
-    ).result()
+    compute.insert(
+        name,
+        image,
+        spot=False,
+        extra_metadata={"startup-script-url": f"gs://{bucket.name}/boot.sh"},
+    )
     compute.wait_serial(name, r"startup-script: from-gcs-script")
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
 
 
 @pytest.mark.slow
@@ -218,11 +191,7 @@ def test_random_preemption_rate(compute, image, lg):
     from localgce.client import set_config
 
     name = unique("chaos")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(name, image, startup="sleep 600"),
-    ).result()
+    compute.insert(name, image, startup="sleep 600")
     # ~Certain within one 1-second tick: 1 - exp(-rate * 1 s / 3600 s).
     set_config(lg, preemption_rate_per_hour=36000.0)
     try:
@@ -230,4 +199,4 @@ def test_random_preemption_rate(compute, image, lg):
     finally:
         set_config(lg, preemption_rate_per_hour=0.0)
     assert "Instance was preempted." in compute.serial(name)
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)

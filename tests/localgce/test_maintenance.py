@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from lgtest import PROJECT, ROOT, ZONE, fetch, instance_resource, unique
+from lgtest import PROJECT, ROOT, ZONE, fetch, unique
 
 STARTUP = 'echo "METADATA_HOST=$GCE_METADATA_HOST"\necho boot-done\n'
 
@@ -13,18 +13,14 @@ STARTUP = 'echo "METADATA_HOST=$GCE_METADATA_HOST"\necho boot-done\n'
 @pytest.mark.slow
 def test_gpu_vm_maintenance_notice_terminate_and_restart(compute, image):
     name = unique("gpu")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name,
-            image,
-            startup=STARTUP,
-            spot=False,
-            gpus=1,
-            scheduling={"on_host_maintenance": "TERMINATE", "automatic_restart": True},
-        ),
-    ).result()
+    compute.insert(
+        name,
+        image,
+        startup=STARTUP,
+        spot=False,
+        gpus=1,
+        scheduling={"on_host_maintenance": "TERMINATE", "automatic_restart": True},
+    )
     host = compute.metadata_host(name)
     path = ROOT + "instance/maintenance-event"
     _, headers, body = fetch(host, path)
@@ -50,17 +46,13 @@ def test_gpu_vm_maintenance_notice_terminate_and_restart(compute, image):
     assert got.last_stop_timestamp and got.last_stop_timestamp != first_stop
     new_host = compute.metadata_host(name)
     assert fetch(new_host, path)[2] == "NONE"
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
 
 
 @pytest.mark.slow
 def test_migrate_vm_sees_the_notice_and_keeps_running(compute, image):
     name = unique("migr")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(name, image, startup=STARTUP, spot=False),
-    ).result()
+    compute.insert(name, image, startup=STARTUP, spot=False)
     host = compute.metadata_host(name)
     path = ROOT + "instance/maintenance-event"
     _, headers, _ = fetch(host, path)
@@ -71,4 +63,4 @@ def test_migrate_vm_sees_the_notice_and_keeps_running(compute, image):
     assert body == "NONE"  # live-migrated: back to NONE, same boot, still RUNNING
     assert compute.status(name) == "RUNNING"
     assert compute.serial(name).count("Booting") == 1
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)

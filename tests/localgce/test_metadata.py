@@ -11,7 +11,7 @@ import time
 
 import pytest
 from google.cloud import compute_v1
-from lgtest import PROJECT, ROOT, ZONE, fetch, instance_resource, unique
+from lgtest import PROJECT, ROOT, ZONE, fetch, unique
 
 GOOGLE_AUTH_CHECKS = """
 import json
@@ -37,18 +37,14 @@ print(json.dumps({
 @pytest.fixture(scope="module")
 def vm(compute, image):
     name = unique("md")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name,
-            image,
-            startup='echo "METADATA_HOST=$GCE_METADATA_HOST"\n',
-            extra_metadata={"color": "blue", "Mixed_Case-key": "v"},
-        ),
-    ).result()
+    compute.insert(
+        name,
+        image,
+        startup='echo "METADATA_HOST=$GCE_METADATA_HOST"\n',
+        extra_metadata={"color": "blue", "Mixed_Case-key": "v"},
+    )
     yield name, compute.metadata_host(name)
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
 
 
 def test_google_auth_sees_a_gce_metadata_server(vm):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from google.cloud import compute_v1
-from lgtest import PROJECT, ZONE, instance_resource, unique, wait_for
+from lgtest import PROJECT, ZONE, unique, wait_for
 
 from localgce.ssh import parse_ssh_keys
 
@@ -72,13 +72,7 @@ def test_ssh_with_instance_and_project_keys(compute, image, tmp_path):
         ),
     ).result()
     name = unique("ssh")
-    compute.instances.insert(
-        project=PROJECT,
-        zone=ZONE,
-        instance_resource=instance_resource(
-            name, image, spot=False, extra_metadata={"ssh-keys": f"{user}:{instance_pub}"}
-        ),
-    ).result()
+    compute.insert(name, image, spot=False, extra_metadata={"ssh-keys": f"{user}:{instance_pub}"})
     nat_ip = compute.get(name).network_interfaces[0].access_configs[0].nat_i_p
     host, _, port = nat_ip.partition(":")
     assert host == "127.0.0.1" and port.isdigit()
@@ -91,4 +85,4 @@ def test_ssh_with_instance_and_project_keys(compute, image, tmp_path):
     compute.instances.stop(project=PROJECT, zone=ZONE, instance=name).result()
     assert compute.get(name).network_interfaces[0].access_configs[0].nat_i_p == "127.0.0.1"
     wait_for(lambda: ssh(int(port), instance_key, "true").returncode != 0, what="sshd to stop")
-    compute.instances.delete(project=PROJECT, zone=ZONE, instance=name).result()
+    compute.delete(name)
