@@ -4,7 +4,9 @@ task's flags, turns errors into one-line `invoke.Exit` messages and prints what 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -205,7 +207,15 @@ def ssh_logs(c: Any, name: str | None, follow: bool) -> str:
         public = ensure_key(current.ssh_key_path, current.ssh_user)
         if publish_key(cloud.compute, current.ssh_user, public):
             print(f"ssh-logs: published {current.ssh_key_path}.pub in project ssh-keys")
-        return show_logs(cloud.compute, info, current.ssh_user, current.ssh_key_path, follow=follow)
+        try:
+            return show_logs(
+                cloud.compute, info, current.ssh_user, current.ssh_key_path, follow=follow
+            )
+        except BrokenPipeError:
+            # The reader went away (`invoke ssh-logs NAME | head`): stop quietly, as tail does.
+            # Point stdout at /dev/null so the interpreter's final flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return "closed"
 
 
 def status(c: Any) -> list[list[str]]:

@@ -192,7 +192,11 @@ class GoogleCompute:
         )
         request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
-            response.read()
+            body = response.read()
+        # The answer is a zonal Operation like any other: wait on it and raise its errors (a VM
+        # that is not RUNNING cannot be preempted).
+        operation = compute_v1().Operation.from_json(body, ignore_unknown_fields=True)
+        self._wait(operation, zone)
 
     def serial_output(self, zone: str, name: str, start: int = 0) -> tuple[str, int]:
         client = self._client("InstancesClient")

@@ -19,6 +19,21 @@ ZONE = "us-central1-a"
 DELAY_SECONDS = 1.0
 
 
+def _spot_vm(name: str, image: str) -> dict:
+    return {
+        "name": name,
+        "machineType": f"zones/{ZONE}/machineTypes/n1-standard-1",
+        "disks": [
+            {
+                "boot": True,
+                "autoDelete": True,
+                "initializeParams": {"sourceImage": f"projects/{PROJECT}/global/images/{image}"},
+            }
+        ],
+        "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP"},
+    }
+
+
 @pytest.fixture(scope="module")
 def slow_cloud(tmp_path_factory):
     state = tmp_path_factory.mktemp("ops") / "state"
@@ -47,18 +62,7 @@ def test_slow_image_and_instance_operations_are_waited_for_on_our_endpoint(
     assert images.newest("ops-family").name == "ops-img-1"
 
     compute = GoogleCompute(PROJECT, client_kwargs=options, poll_seconds=0.1)
-    body = {
-        "name": "ops-vm",
-        "machineType": f"zones/{ZONE}/machineTypes/n1-standard-1",
-        "disks": [
-            {
-                "boot": True,
-                "autoDelete": True,
-                "initializeParams": {"sourceImage": f"projects/{PROJECT}/global/images/ops-img-1"},
-            }
-        ],
-        "scheduling": {"provisioningModel": "SPOT", "instanceTerminationAction": "STOP"},
-    }
+    body = _spot_vm("ops-vm", "ops-img-1")
     started = time.monotonic()
     compute.insert_instance(ZONE, body)
     assert time.monotonic() - started >= DELAY_SECONDS
@@ -80,3 +84,24 @@ def test_missing_google_credentials_is_one_line_saying_what_to_run(monkeypatch, 
     with pytest.raises(ConfigError, match="gcloud auth application-default login") as err:
         make_client(compute_v1.ImagesClient)
     assert "\n" not in str(err.value)
+
+
+def test_preempting_a_stopped_vm_is_an_error_not_a_success(slow_cloud, tmp_path):
+    from survival.errors import SurvivalError
+
+    options = compute_client_options(slow_cloud)
+    image_dir = tmp_path / "image"
+    image_dir.mkdir()
+    os.symlink(sys.prefix, image_dir / "venv")
+    FamilyImages(PROJECT, **options, poll_seconds=0.1).insert_local(
+        "ops-img-2", "f2", str(image_dir)
+    )
+    compute = GoogleCompute(
+        PROJECT, client_kwargs=options, extension_url=slow_cloud["compute"], poll_seconds=0.1
+    )
+    body = _spot_vm("ops-pre", "ops-img-2")
+    compute.insert_instance(ZONE, body)
+    compute.stop_instance(ZONE, "ops-pre")
+    with pytest.raises(SurvivalError, match="only RUNNING VMs are preempted"):
+        compute.preempt_instance(ZONE, "ops-pre")
+    compute.delete_instance(ZONE, "ops-pre")
