@@ -16,6 +16,7 @@ import uuid
 from google.cloud import compute_v1
 
 from localgce.client import compute_client_options
+from polling import wait_for  # noqa: F401 - re-exported for the localgce tests
 
 ROOT = "/computeMetadata/v1/"
 PROJECT = "lg-test"
@@ -27,20 +28,6 @@ TEST_KNOBS = {
     "maintenance_notice_seconds": 3.0,
 }
 WAIT_SECONDS = 60.0
-
-
-def wait_for(predicate, timeout_seconds: float = WAIT_SECONDS, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_seconds
-    delay = 0.05
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_seconds:g} s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
 
 
 class Compute:
