@@ -27,9 +27,10 @@ lint: setup system-deps
 
 test: setup system-deps
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
-# The main job on localgce: start it if needed, register a local image (the kit's .venv) if none,
+# The main job on localgce: start it if needed, bake a local image with Packer if the family has none,
 # `invoke train --branch exp1 --chaos 2`, `invoke status`, and the timeline PNG.
 demo: setup system-deps
 	$(PY) -m survival.demo
