@@ -33,13 +33,16 @@ readonly STARTUP_CURL_RETRIES=5
 readonly STARTUP_MAX_VALUE_BYTES=65536
 readonly STARTUP_MAX_SCRIPT_BYTES=262144
 
+# The trainer's exit codes, mirrored from trainer/exitcodes.py (tests/trainer/test_exitcodes.py
+# checks that the two agree).
 readonly EX_OK=0
 readonly EX_CRASHED=1
 readonly EX_USAGE=2
 readonly EX_CONFIG=64
 readonly EX_LEASE_HELD=73
 readonly EX_NOTICE_SAVED=75
-readonly EX_UNSAFE_SHUTDOWN=70
+# This script's own exit code (not the trainer's): refused to power off a localgce host.
+readonly STARTUP_EX_UNSAFE_SHUTDOWN=70
 
 # Strict patterns: anything else is rejected, so no value can carry shell syntax.
 readonly STARTUP_RE_BRANCH='^[A-Za-z0-9][A-Za-z0-9._/-]{0,99}$'
@@ -180,7 +183,7 @@ startup::poweroff() {
     resolved="$(command -v shutdown || true)"
     if [[ -z "${LOCALGCE_GUEST_BIN:-}" || "${resolved}" != "${LOCALGCE_GUEST_BIN}/shutdown" ]]; then
       startup::log "refusing to power off: shutdown resolves to '${resolved}', not localgce's shim in LOCALGCE_GUEST_BIN"
-      exit "${EX_UNSAFE_SHUTDOWN}"
+      exit "${STARTUP_EX_UNSAFE_SHUTDOWN}"
     fi
   fi
   startup::log "powering off"
@@ -250,12 +253,18 @@ startup::checkout() {
   chmod -R a+rX "${STARTUP_SRC_DIR}"
 }
 
-# startup::attempt_number : 1 + attempts the job dir already records (for the log's name).
+# startup::attempt_number PREVIOUS : the number of the next attempt, which names its log. The job
+# dir decides (trainer.jobdir numbers it exactly as the trainer numbers its own record, and a
+# crashed attempt that left only a LEASE or an uploaded log keeps its number, so no log is ever
+# overwritten). If the job dir cannot be read, PREVIOUS + 1 at least keeps this boot's logs apart.
 startup::attempt_number() {
-  local count
-  count="$("${STARTUP_PYTHON}" -m trainer.jobdir status "${STARTUP_JOB_DIR}" \
-    | "${STARTUP_PYTHON}" -c 'import json, sys; print(int(json.load(sys.stdin)["attempts"]))')" || count=0
-  printf '%d\n' "$((count + 1))"
+  local previous="$1" next
+  next="$("${STARTUP_PYTHON}" -m trainer.jobdir next-attempt "${STARTUP_JOB_DIR}")" || next=""
+  if [[ ! "${next}" =~ ^[1-9][0-9]{0,8}$ ]]; then
+    next=$((previous + 1))
+    startup::log "could not read the next attempt number from ${STARTUP_JOB_DIR}; using ${next}"
+  fi
+  printf '%d\n' "${next}"
 }
 
 # startup::run_trainer ATTEMPT : one trainer run; sets STARTUP_RC.
@@ -383,9 +392,9 @@ startup::main() {
     return 1
   fi
 
-  local crashes=0 attempt
+  local crashes=0 attempt=0
   while true; do
-    attempt="$(startup::attempt_number)"
+    attempt="$(startup::attempt_number "${attempt}")"
     startup::run_trainer "${attempt}"
     case "${STARTUP_RC}" in
       "${EX_OK}")

@@ -1,13 +1,16 @@
 """A job's progress as the orchestrator sees it, read from its job dir (trainer.jobdir owns the
-layout) without downloading checkpoints: markers, attempts.jsonl, the LEASE, manifests."""
+layout and counts the attempt records) without downloading checkpoints: markers,
+attempts.jsonl, the LEASE, manifests."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-# attempts.jsonl end reasons (trainer/runner.py) that mean "stopped by a notice".
-NOTICE_END_REASONS = frozenset({"notice-saved"})
+from trainer.jobdir import NOTICE_END_REASONS, AttemptStats, JobDir
+
+# NOTICE_END_REASONS is re-exported: survival code reads the end reasons from here.
+__all__ = ["NOTICE_END_REASONS", "Progress", "open_job_dir", "read_progress"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,10 @@ class Progress:
     checkpoint_unix: float | None
 
     @property
+    def stats(self) -> AttemptStats:
+        return AttemptStats.from_records(self.attempts)
+
+    @property
     def step(self) -> int:
         """Best known step: DONE's, else the live LEASE's, else the newest checkpoint's."""
         if self.done:
@@ -29,30 +36,26 @@ class Progress:
 
     @property
     def preemptions(self) -> int:
-        return sum(1 for a in self.attempts if a.get("end_reason") in NOTICE_END_REASONS)
+        return self.stats.preemptions
 
     @property
     def crashes(self) -> int:
-        return sum(1 for a in self.attempts if a.get("end_reason") == "crashed")
+        return self.stats.crashes
 
     def running_seconds(self, now_unix: float) -> float:
         """VM time the attempts used (finished ones, plus the live one up to now)."""
-        total = sum(
-            max(0.0, (a.get("end_unix") or 0) - (a.get("start_unix") or 0)) for a in self.attempts
-        )
+        total = self.stats.attempt_seconds
         if self.lease and not self.done and self.lease.get("started_unix"):
             total += max(0.0, now_unix - float(self.lease["started_unix"]))
         return total
 
 
-def open_job_dir(url: str) -> Any:
-    from trainer.jobdir import JobDir
-
+def open_job_dir(url: str) -> JobDir:
     return JobDir.open(url)
 
 
-def read_progress(job_dir: Any) -> Progress:
-    """Read ``job_dir`` (a trainer.jobdir.JobDir) cheaply."""
+def read_progress(job_dir: JobDir) -> Progress:
+    """Read ``job_dir`` cheaply."""
     steps = job_dir.checkpoint_steps()
     manifest = None
     for step in steps:

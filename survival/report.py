@@ -37,7 +37,7 @@ def summary(name: str, machine: MachineSpec, progress: Progress, restarts: int) 
     return [
         f"job {name}: DONE",
         f"  steps        {done.get('steps')}",
-        f"  attempts     {done.get('attempts', len(progress.attempts))}",
+        f"  attempts     {done.get('attempts', progress.stats.attempts)}",
         f"  preemptions  {progress.preemptions}",
         f"  restarts     {restarts} (by the supervisor)",
         f"  lost steps   {done.get('lost_steps')}",
@@ -83,7 +83,7 @@ def status_row(
         state,
         model,
         f"{progress.step if progress else '-'}/{train_steps or '-'}",
-        str(len(progress.attempts)) if progress else "-",
+        str(progress.stats.attempts) if progress else "-",
         str(progress.preemptions) if progress else "-",
         _age(now_unix, progress.checkpoint_unix) if progress else "-",
         cost,

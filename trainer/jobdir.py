@@ -2,6 +2,7 @@
 
     python -m trainer.jobdir is-done URL
     python -m trainer.jobdir status URL
+    python -m trainer.jobdir next-attempt URL
     python -m trainer.jobdir mark-failed URL --reason TEXT [--attempt N]
     python -m trainer.jobdir upload-log URL FILE --name NAME
 
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,21 @@ METRICS = "metrics.jsonl"
 MANIFEST = "manifest.json"
 CKPT_PREFIX = "ckpt-"
 EXPORT_DIR = "export"
+LOGS_DIR = "logs"
+
+# attempts.jsonl end_reason values: how an attempt ended.
+END_COMPLETED = "completed"  # reached --train-steps; DONE written
+END_NOTICE_SAVED = "notice-saved"  # saved on a preemption/shutdown notice, exited 75
+END_CRASHED = "crashed"  # an exception, or killed (recorded by the next attempt from its LEASE)
+# End reasons that mean "stopped by a notice" (a preemption, as the orchestrator counts them).
+NOTICE_END_REASONS = frozenset({END_NOTICE_SAVED})
+
+_ATTEMPT_LOG = re.compile(r"attempt-([0-9]+)\.log")
+
+
+def attempt_log_name(attempt: int) -> str:
+    """The name startup.sh uploads an attempt's log under, in JOB_DIR/logs/."""
+    return f"attempt-{attempt}.log"
 
 
 def sha256_file(path: Path) -> str:
@@ -69,6 +88,88 @@ def _dumps(value: Any) -> bytes:
     return (json.dumps(value, sort_keys=True) + "\n").encode()
 
 
+def _attempt_number(value: Any) -> int:
+    """An attempt number from a record or a LEASE; 0 when absent or malformed."""
+    try:
+        return max(0, int(value or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def killed_attempt(records: list[dict], lease: dict | None) -> dict | None:
+    """The LEASE left by an attempt that has no record (it was killed), or None."""
+    if not lease:
+        return None
+    number = _attempt_number(lease.get("attempt"))
+    if number in {_attempt_number(r.get("attempt")) for r in records}:
+        return None
+    return lease
+
+
+def next_attempt_number(
+    records: list[dict], lease: dict | None, log_names: Iterable[str] = ()
+) -> int:
+    """One past every attempt the job dir shows a trace of: its record, the LEASE a killed
+    attempt left, or the log startup.sh uploaded for an attempt that died before either (so a
+    retry never reuses, and overwrites, a crashed attempt's log)."""
+    numbers = [_attempt_number(r.get("attempt")) for r in records]
+    if lease:
+        numbers.append(_attempt_number(lease.get("attempt")))
+    for name in log_names:
+        match = _ATTEMPT_LOG.fullmatch(name.rpartition("/")[2])
+        if match:
+            numbers.append(int(match.group(1)))
+    return max(numbers, default=0) + 1
+
+
+def lost_steps(records: list[dict]) -> int:
+    """Steps trained but not saved before an attempt ended (a lower bound for killed attempts)."""
+    lost = 0
+    for before, after in itertools.pairwise(records):
+        end_step = before.get("end_step")
+        resumed = after.get("resumed_from_step")
+        if end_step is not None and resumed is not None:
+            lost += max(0, int(end_step) - int(resumed))
+    return lost
+
+
+@dataclass(frozen=True)
+class AttemptStats:
+    """What attempts.jsonl says about a job: the one place its records are counted (the DONE
+    summary, ``jobdir status`` and the orchestrator all read these)."""
+
+    attempts: int  # attempts with a record
+    notices: int  # every notice seen, maintenance included
+    preemptions: int  # attempts that ended by saving on a stopping notice
+    crashes: int
+    lost_steps: int
+    attempt_seconds: float  # time the recorded attempts ran
+    first_start_unix: float | None
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> AttemptStats:
+        seconds = 0.0
+        for record in records:
+            start, end = record.get("start_unix"), record.get("end_unix")
+            # A record missing either end has no known duration: counting the other end alone
+            # would add (or subtract) a whole Unix timestamp.
+            if start is not None and end is not None:
+                seconds += max(0.0, float(end) - float(start))
+        starts = [float(r["start_unix"]) for r in records if r.get("start_unix")]
+        return cls(
+            attempts=len(records),
+            notices=sum(
+                len(r.get("notices_seen") or ([r["notice"]] if r.get("notice") else []))
+                for r in records
+            ),
+            preemptions=sum(1 for r in records if r.get("end_reason") in NOTICE_END_REASONS),
+            crashes=sum(1 for r in records if r.get("end_reason") == END_CRASHED),
+            lost_steps=lost_steps(records),
+            attempt_seconds=seconds,
+            first_start_unix=min(starts, default=None),
+        )
+
+
 class JobDir:
     """Reads and writes one job dir through a Store (local path or gs://)."""
 
@@ -96,6 +197,13 @@ class JobDir:
     def metrics(self) -> list[dict]:
         return _jsonl(self.store.read(METRICS))
 
+    def attempt_log_names(self) -> list[str]:
+        return [name.rpartition("/")[2] for name in self.store.list(f"{LOGS_DIR}/")]
+
+    def next_attempt(self) -> int:
+        """The number the next attempt takes; reads records, LEASE and log names, no checkpoint."""
+        return next_attempt_number(self.attempts(), self.lease(), self.attempt_log_names())
+
     def write_done(self, summary: dict) -> None:
         self.store.write(DONE, _dumps(summary))
 
@@ -107,7 +215,7 @@ class JobDir:
     def upload_log(self, local_path: str | Path, name: str) -> None:
         if "/" in name or name in ("", ".", ".."):
             raise StoreError(f"bad log name {name!r}: use a plain file name like attempt-3.log")
-        self.store.upload(Path(local_path), f"logs/{name}")
+        self.store.upload(Path(local_path), f"{LOGS_DIR}/{name}")
 
     def append_attempt(self, record: dict) -> None:
         # One writer (the LEASE holder); a rewrite keeps every write a single atomic object.
@@ -149,7 +257,7 @@ class JobDir:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.store.download(f"{name}/{rel}", target)
-            except (FileNotFoundError, OSError, Exception) as error:
+            except OSError as error:  # missing or unreadable (gs:// NotFound arrives as this too)
                 log.warning("checkpoint %s: cannot read %s (%s); skipping it", name, rel, error)
                 return None
             if sha256_file(target) != expected.get("sha256"):
@@ -219,15 +327,15 @@ class JobDir:
     def status(self) -> dict:
         done = self.done()
         failed = self.failed()
-        attempts = self.attempts()
+        stats = AttemptStats.from_records(self.attempts())
         latest = self.latest_checkpoint()
         return {
             "done": done is not None,
             "failed": failed is not None,
             "failed_reason": failed.get("reason") if failed else None,
             "step": int(latest["step"]) if latest else 0,
-            "attempts": len(attempts),
-            "notices": sum(1 for a in attempts if a.get("notice")),
+            "attempts": stats.attempts,
+            "notices": stats.notices,
             "last_checkpoint_unix": latest.get("created_unix") if latest else None,
         }
 
@@ -241,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     is_done.add_argument("url")
     status = sub.add_parser("status", help="print the job's status as one JSON object")
     status.add_argument("url")
+    next_attempt = sub.add_parser(
+        "next-attempt",
+        help="print the number the next attempt takes (the runner numbers its attempt the same "
+        "way); reads no checkpoint",
+    )
+    next_attempt.add_argument("url")
     failed = sub.add_parser("mark-failed", help="write the FAILED marker")
     failed.add_argument("url")
     failed.add_argument("--reason", required=True)
@@ -258,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if job.done() is not None else 1
         if args.command == "status":
             print(json.dumps(job.status(), sort_keys=True))
+        elif args.command == "next-attempt":
+            print(job.next_attempt())
         elif args.command == "mark-failed":
             job.write_failed(args.reason, args.attempt)
         elif args.command == "upload-log":

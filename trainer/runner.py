@@ -4,7 +4,8 @@ Lifecycle of one attempt (one trainer process):
   1. Parse flags (typed hyperparameters from the example), install the SIGTERM handler.
   2. DONE in the job dir → exit 0 at once. Restore the newest checkpoint that verifies (a bad one
      is skipped with a warning); hyperparameters differing from it → exit 64, nothing written.
-  3. Take the LEASE (exit 73 if another live writer holds it); a daemon thread refreshes it.
+  3. Number the attempt as `python -m trainer.jobdir next-attempt` does for startup.sh's log
+     name, take the LEASE (exit 73 if another live writer holds it); a daemon thread refreshes it.
      If a metadata server answers, daemon threads long-poll preempted / maintenance-event.
   4. Loop until --train-steps: one step, metrics at a cadence, a periodic checkpoint every
      --checkpoint-steps. Between steps the loop checks the notice flag: SIGTERM or preempted →
@@ -16,7 +17,6 @@ A SIGKILLed attempt leaves its LEASE behind; the next attempt records it as "cra
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 import signal
@@ -25,12 +25,21 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainer import exitcodes, gce
 from trainer.hparams import HParamError, add_flags, differences, resolve
-from trainer.jobdir import JobDir
+from trainer.jobdir import (
+    END_COMPLETED,
+    END_CRASHED,
+    END_NOTICE_SAVED,
+    AttemptStats,
+    JobDir,
+    killed_attempt,
+    next_attempt_number,
+)
 from trainer.lease import DEFAULT_STALE_SECONDS, Heartbeat, Lease, LeaseHeld
 from trainer.storage import StoreError, open_store
 from trainer.task import Task
@@ -101,6 +110,23 @@ def build_parser(task_cls: type[Task], prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass
+class Attempt:
+    """This process's attempt: built in ``Runner.run`` once the LEASE is held, passed down."""
+
+    number: int
+    lease: Lease
+    killed: dict | None  # LEASE of a previous attempt that died without a record
+    heartbeat: Heartbeat  # started once the task is built and restored
+    resumed_from_step: int | None = None
+    loop_seconds: float | None = None  # set once the loop reaches --train-steps
+    loop_cpu_seconds: float | None = None
+
+    @property
+    def started_unix(self) -> float:
+        return self.lease.started_unix
+
+
 class Runner:
     def __init__(self, task_cls: type[Task], args: argparse.Namespace, hparams: dict) -> None:
         self.task_cls = task_cls
@@ -140,7 +166,7 @@ class Runner:
             return kind
 
     # ----- checkpoints ---------------------------------------------------------------------
-    def save(self, reason: str) -> None:
+    def save(self, attempt: Attempt, task: Task, reason: str) -> None:
         if self.last_saved_step == self.step:
             return
         started = time.monotonic()
@@ -155,23 +181,23 @@ class Runner:
 
         self.job.write_checkpoint(
             self.step,
-            self.task.save,
+            task.save,
             {
                 "reason": reason,
                 "hparams": self.hparams,
                 "seed": self.args.seed,
                 "framework": self.task_cls.framework,
-                "versions": {"python": sys.version.split()[0], **self.task.versions()},
+                "versions": {"python": sys.version.split()[0], **task.versions()},
                 "created_unix": time.time(),
-                "attempt": self.attempt,
+                "attempt": attempt.number,
             },
             before_manifest,
         )
         self.last_saved_step = self.step
         self.flush_metrics()
         self.job.prune_checkpoints(self.args.keep_checkpoints)
-        with self.heartbeat.lock:
-            self.lease.heartbeat(step=self.step)
+        with attempt.heartbeat.lock:
+            attempt.lease.heartbeat(step=self.step)
         seconds = time.monotonic() - started
         self.save_seconds.append(seconds)
         if reason == "periodic":
@@ -202,17 +228,21 @@ class Runner:
                 + "\nuse a new --job-dir, or rerun with the job's values",
             )
 
-    def record_killed_attempt(self, recorded: list[dict]) -> int:
-        """Record an attempt that died without a record (its LEASE remains); next number."""
-        numbers = [int(a.get("attempt", 0)) for a in recorded]
-        previous = self.job.lease()
-        if previous and int(previous.get("attempt", 0)) not in numbers:
-            self.killed_lease = previous
-        else:
-            self.killed_lease = None
-        if self.killed_lease:
-            numbers.append(int(self.killed_lease.get("attempt", 0)))
-        return max(numbers, default=0) + 1
+    def record_killed_attempt(self, killed: dict) -> None:
+        """Append the record of an attempt that died without one, from the LEASE it left."""
+        self.job.append_attempt(
+            {
+                "attempt": killed.get("attempt"),
+                "start_unix": killed.get("started_unix"),
+                "end_unix": killed.get("heartbeat_unix"),
+                "resumed_from_step": killed.get("resumed_from_step"),
+                "end_step": killed.get("step"),
+                "end_reason": END_CRASHED,
+                "notice": None,
+                "holder": killed.get("holder"),
+                "note": "no record: the process was killed; end_* from its last heartbeat",
+            }
+        )
 
     def run(self) -> int:
         args = self.args
@@ -226,77 +256,71 @@ class Runner:
             self.check_config(manifest)
 
             recorded = self.job.attempts()
-            self.attempt = self.record_killed_attempt(recorded)
+            previous = self.job.lease()
+            # Numbered as `python -m trainer.jobdir next-attempt` numbers it for startup.sh, so
+            # this attempt's record and its uploaded log carry the same number.
+            number = next_attempt_number(recorded, previous, self.job.attempt_log_names())
             on_gce = gce.probe()
-            self.lease = Lease(
+            lease = Lease(
                 self.job.store,
                 holder=gce.holder_name(on_gce),
-                attempt=self.attempt,
+                attempt=number,
                 stale_seconds=args.lease_stale_seconds,
                 extra={"step": manifest["step"] if manifest else 0},
             )
-            self.lease.acquire()  # raises LeaseHeld → 73
-            self.started_unix = self.lease.started_unix
+            lease.acquire()  # raises LeaseHeld → 73
+            interval = max(0.2, min(HEARTBEAT_MAX_SECONDS, args.lease_stale_seconds / 4))
+            attempt = Attempt(
+                number,
+                lease,
+                killed=killed_attempt(recorded, previous),
+                heartbeat=Heartbeat(lease, interval, lambda: {"step": self.step}),
+            )
             try:
-                return self._run_with_lease(manifest, recorded, on_gce)
+                return self._run_with_lease(attempt, manifest, on_gce)
             except Stop:
                 raise
             except Exception:
                 log.error("training crashed:\n%s", traceback.format_exc())
-                self._record("crashed", None)
-                self._release()
+                self._record(attempt, END_CRASHED, None)
+                self._release(attempt)
                 return exitcodes.CRASHED
 
-    def _run_with_lease(self, manifest: dict | None, recorded: list[dict], on_gce: bool) -> int:
+    def _run_with_lease(self, attempt: Attempt, manifest: dict | None, on_gce: bool) -> int:
         args = self.args
-        if self.killed_lease:
-            killed = self.killed_lease
-            self.job.append_attempt(
-                {
-                    "attempt": killed.get("attempt"),
-                    "start_unix": killed.get("started_unix"),
-                    "end_unix": killed.get("heartbeat_unix"),
-                    "resumed_from_step": killed.get("resumed_from_step"),
-                    "end_step": killed.get("step"),
-                    "end_reason": "crashed",
-                    "notice": None,
-                    "holder": killed.get("holder"),
-                    "note": "no record: the process was killed; end_* from its last heartbeat",
-                }
-            )
+        if attempt.killed is not None:
+            self.record_killed_attempt(attempt.killed)
         self.job.store.sweep_staging()
-        self.task = self.task_cls(self.hparams, args.seed, args.data_dir)
+        task = self.task_cls(self.hparams, args.seed, args.data_dir)
         if manifest is not None:
-            self.task.restore(Path(manifest["local_path"]))
+            task.restore(Path(manifest["local_path"]))
             self.step = self.reached_step = int(manifest["step"])
             self.last_saved_step = self.step
             log.info("resumed from ckpt-%d (%s)", self.step, manifest.get("reason"))
         else:
             log.info("starting from step 0")
-        self.resumed_from_step = self.step
+        attempt.resumed_from_step = self.step
         self.metrics_keep_up_to = self.step
-        self.lease.extra.update(step=self.step, resumed_from_step=self.step)
+        attempt.lease.extra.update(step=self.step, resumed_from_step=self.step)
 
-        interval = max(0.2, min(HEARTBEAT_MAX_SECONDS, args.lease_stale_seconds / 4))
-        self.heartbeat = Heartbeat(self.lease, interval, lambda: {"step": self.step})
-        with self.heartbeat.lock:
-            self.lease.heartbeat()
-        self.heartbeat.start()
+        with attempt.heartbeat.lock:
+            attempt.lease.heartbeat()
+        attempt.heartbeat.start()
         watchers = gce.start_watchers(self.on_notice) if on_gce else []
         if on_gce:
             log.info("watching metadata %s for preemption and maintenance", gce.metadata_host())
         try:
-            return self._loop()
+            return self._loop(attempt, task)
         finally:
             for watcher in watchers:
                 watcher.stop()
 
-    def _loop(self) -> int:
+    def _loop(self, attempt: Attempt, task: Task) -> int:
         args = self.args
         loop_started = time.monotonic()
         loop_cpu_started = time.process_time()  # CPU time: less sensitive to a busy machine
         while True:
-            if self.lease.lost.is_set():
+            if attempt.lease.lost.is_set():
                 raise Stop(exitcodes.LEASE_HELD, "another writer took over the LEASE; stopping")
             kind = self._take_notice()
             if kind is not None:
@@ -304,15 +328,15 @@ class Runner:
                 log.warning("notice %r at step %d: saving now", kind, self.step)
                 if kind in STOPPING_NOTICES:
                     started = time.monotonic()
-                    self.save("notice")
+                    self.save(attempt, task, "notice")
                     save_seconds = time.monotonic() - started
-                    self._record("notice-saved", kind, save_seconds=save_seconds)
-                    self._release()
+                    self._record(attempt, END_NOTICE_SAVED, kind, save_seconds=save_seconds)
+                    self._release(attempt)
                     log.warning(
                         "saved ckpt-%d after %r in %.3fs; exiting", self.step, kind, save_seconds
                     )
                     return exitcodes.NOTICE_SAVED
-                self.save("notice")  # maintenance: save now, keep training
+                self.save(attempt, task, "notice")  # maintenance: save, keep training
             if self.step >= args.train_steps:
                 break
             # Claim the step, then look again: a notice that arrived in between is handled
@@ -321,11 +345,11 @@ class Runner:
             if self.notice_kind is not None:
                 self.reached_step = self.step
                 continue
-            metrics = self.task.train_step(self.step)
+            metrics = task.train_step(self.step)
             self.step += 1
             if args.metrics_steps and self.step % args.metrics_steps == 0:
                 self.metrics_buffer.append(
-                    {"step": self.step, **metrics, "unix": time.time(), "attempt": self.attempt}
+                    {"step": self.step, **metrics, "unix": time.time(), "attempt": attempt.number}
                 )
             if args.log_steps and self.step % args.log_steps == 0:
                 log.info("step %d loss %.6f", self.step, metrics.get("loss", float("nan")))
@@ -334,16 +358,16 @@ class Runner:
                 and self.step % args.checkpoint_steps == 0
                 and self.step < args.train_steps
             ):
-                self.save("periodic")
-        self.loop_seconds = time.monotonic() - loop_started
-        self.loop_cpu_seconds = time.process_time() - loop_cpu_started
-        self.save("final")
-        self.finish()
+                self.save(attempt, task, "periodic")
+        attempt.loop_seconds = time.monotonic() - loop_started
+        attempt.loop_cpu_seconds = time.process_time() - loop_cpu_started
+        self.save(attempt, task, "final")
+        self.finish(attempt, task)
         return exitcodes.OK
 
-    def finish(self) -> None:
+    def finish(self, attempt: Attempt, task: Task) -> None:
         with tempfile.TemporaryDirectory(prefix="survival-export-") as tmp:
-            self.task.export(Path(tmp))
+            task.export(Path(tmp))
             if self.args.export_dir:
                 store = open_store(self.args.export_dir)
                 for path in sorted(Path(tmp).rglob("*")):
@@ -352,49 +376,44 @@ class Runner:
                 exported = store.url
             else:
                 exported = self.job.export_dir(Path(tmp))
-        record = self._record("completed", None)
-        attempts = self.job.attempts()
+        record = self._record(attempt, END_COMPLETED, None)
+        stats = AttemptStats.from_records(self.job.attempts())
+        metrics = self.job.metrics()
+        first_start = stats.first_start_unix or record["start_unix"]
         summary = {
             "steps": self.step,
-            "wall_seconds": round(
-                time.time() - min(a.get("start_unix") or record["start_unix"] for a in attempts), 3
-            ),
-            "attempt_seconds": round(
-                sum((a.get("end_unix") or 0) - (a.get("start_unix") or 0) for a in attempts), 3
-            ),
-            "attempts": len(attempts),
-            "notices": sum(
-                len(a.get("notices_seen") or ([a["notice"]] if a.get("notice") else []))
-                for a in attempts
-            ),
-            "lost_steps": lost_steps(attempts),
-            "crashes": sum(1 for a in attempts if a.get("end_reason") == "crashed"),
+            "wall_seconds": round(time.time() - first_start, 3),
+            "attempt_seconds": round(stats.attempt_seconds, 3),
+            "attempts": stats.attempts,
+            "notices": stats.notices,
+            "lost_steps": stats.lost_steps,
+            "crashes": stats.crashes,
             "framework": self.task_cls.framework,
             "exported": exported,
             "seed": self.args.seed,
             "hparams": self.hparams,
-            "final_metrics": self.job.metrics()[-1] if self.job.metrics() else None,
+            "final_metrics": metrics[-1] if metrics else None,
             "finished_unix": time.time(),
         }
         self.job.write_done(summary)
-        self._release()
-        log.info("DONE: %d steps, %d attempts, exported to %s", self.step, len(attempts), exported)
+        self._release(attempt)
+        log.info("DONE: %d steps, %d attempts, exported to %s", self.step, stats.attempts, exported)
 
-    def _record(self, end_reason: str, notice: str | None, **extra: Any) -> dict:
+    def _record(self, attempt: Attempt, end_reason: str, notice: str | None, **extra: Any) -> dict:
         record = {
-            "attempt": self.attempt,
-            "start_unix": self.started_unix,
+            "attempt": attempt.number,
+            "start_unix": attempt.started_unix,
             "end_unix": time.time(),
-            "resumed_from_step": getattr(self, "resumed_from_step", None),
-            "end_step": self.last_saved_step if end_reason != "crashed" else self.step,
+            "resumed_from_step": attempt.resumed_from_step,
+            "end_step": self.last_saved_step if end_reason != END_CRASHED else self.step,
             "end_reason": end_reason,
             "notice": notice,
             "notice_step": self.notice_step if notice else None,
             "notices_seen": list(self.notices_seen),
-            "holder": self.lease.holder,
+            "holder": attempt.lease.holder,
             "pid": os.getpid(),
-            "loop_seconds": getattr(self, "loop_seconds", None),
-            "loop_cpu_seconds": getattr(self, "loop_cpu_seconds", None),
+            "loop_seconds": attempt.loop_seconds,
+            "loop_cpu_seconds": attempt.loop_cpu_seconds,
             "checkpoint_saves": len(self.save_seconds),
             "checkpoint_seconds_total": round(sum(self.save_seconds), 4),
             "periodic_saves": len(self.periodic_save_seconds),
@@ -404,22 +423,11 @@ class Runner:
         self.job.append_attempt(record)
         return record
 
-    def _release(self) -> None:
-        heartbeat = getattr(self, "heartbeat", None)
-        if heartbeat is not None and heartbeat.is_alive():
-            heartbeat.stop()
-        self.lease.release()
-
-
-def lost_steps(attempts: list[dict]) -> int:
-    """Steps trained but not saved before an attempt ended (a lower bound for killed attempts)."""
-    lost = 0
-    for before, after in itertools.pairwise(attempts):
-        end_step = before.get("end_step")
-        resumed = after.get("resumed_from_step")
-        if end_step is not None and resumed is not None:
-            lost += max(0, int(end_step) - int(resumed))
-    return lost
+    def _release(self, attempt: Attempt) -> None:
+        # Not alive when the attempt crashed before starting it.
+        if attempt.heartbeat.is_alive():
+            attempt.heartbeat.stop()
+        attempt.lease.release()
 
 
 def _configure_logging() -> None:

@@ -70,6 +70,7 @@ class Store:
         raise NotImplementedError
 
     def download(self, name: str, local_path: Path) -> None:
+        """Copy ``name`` to local_path; FileNotFoundError if it does not exist (any backend)."""
         raise NotImplementedError
 
     def upload(self, local_path: Path, name: str) -> None:
@@ -346,7 +347,13 @@ class GcsStore(Store):
         return sorted(dirs)
 
     def download(self, name: str, local_path: Path) -> None:
-        self.bucket.blob(self._key(name)).download_to_filename(str(local_path))
+        from google.api_core import exceptions
+
+        try:
+            self.bucket.blob(self._key(name)).download_to_filename(str(local_path))
+        except exceptions.NotFound as error:
+            # The same error a LocalStore raises, so callers need not know the backend.
+            raise FileNotFoundError(f"{self.url}/{name}: {error}") from error
 
     def upload(self, local_path: Path, name: str) -> None:
         blob = self.bucket.blob(self._key(name))

@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+from polling import wait_for
 
 from tests.trainer import helpers
 from trainer import gce
@@ -124,7 +125,11 @@ def test_watcher_long_polls_and_fires_once(metadata_server, monkeypatch):
     watcher.start()
     try:
         deadline_polls = 2  # the first answer (last_etag=0), then it hangs waiting for a change
-        wait_until(lambda: len(metadata_server.requests) >= deadline_polls)
+        wait_for(
+            lambda: len(metadata_server.requests) >= deadline_polls,
+            30,
+            "the watcher's first two metadata requests",
+        )
         assert not fired.is_set()
         metadata_server.set("instance/preempted", "TRUE")
         assert fired.wait(30)
@@ -132,17 +137,6 @@ def test_watcher_long_polls_and_fires_once(metadata_server, monkeypatch):
         watcher.stop()
     assert kinds == ["preempted"]
     assert len(metadata_server.requests) <= 4
-
-
-def wait_until(condition, timeout_seconds: float = 30.0) -> None:
-    event = threading.Event()
-    deadline = threading.Timer(timeout_seconds, event.set)
-    deadline.start()
-    try:
-        while not condition():
-            assert not event.wait(0.01), "condition not met before the deadline"
-    finally:
-        deadline.cancel()
 
 
 def _jobdir_cli(*argv: str, env=None) -> subprocess.CompletedProcess:
