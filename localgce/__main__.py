@@ -6,10 +6,11 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from localgce import daemon
-from localgce.config import Knobs
+from localgce.config import Knobs, knob_flag
 
 DEFAULT_STATE_DIR = ".localgce"
 
@@ -30,7 +31,7 @@ def _knob_args(parser: argparse.ArgumentParser) -> None:
         ("operation_delay_seconds", "keep operations RUNNING this long (0: DONE at once)"),
     ]:
         group.add_argument(
-            "--" + name.replace("_", "-"),
+            knob_flag(name),
             type=float,
             default=None,
             help=f"{text} (default {getattr(defaults, name):g})",
@@ -38,20 +39,15 @@ def _knob_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _knobs(args: argparse.Namespace) -> dict:
+    """The knobs given as flags, by their `Knobs` field names (argparse's dest names)."""
     knobs = {}
-    for name in (
-        "preemption_rate_per_hour",
-        "grace_spot_seconds",
-        "grace_standard_seconds",
-        "maintenance_notice_seconds",
-        "operation_delay_seconds",
-    ):
-        value = getattr(args, name)
-        if value is not None:
-            head, *rest = name.split("_")
-            knobs[head + "".join(p.capitalize() for p in rest)] = value
-    if args.exhausted_zones is not None:
-        knobs["exhaustedZones"] = [z for z in args.exhausted_zones.split(",") if z]
+    for spec in fields(Knobs):
+        value = getattr(args, spec.name)
+        if value is None:
+            continue
+        if spec.name == "exhausted_zones":
+            value = [z for z in value.split(",") if z]
+        knobs[spec.name] = value
     return knobs
 
 

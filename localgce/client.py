@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from localgce import daemon
+from localgce.config import knobs_json
 
 DEFAULT_STATE_DIR = ".localgce"
 
@@ -36,18 +37,17 @@ def ensure_running(
     state_dir: str | Path = DEFAULT_STATE_DIR, ssh_enabled: bool = True, **knobs
 ) -> dict:
     """Start the daemon unless it runs; apply `knobs` (snake_case, see config.Knobs) either way."""
-    camel = {_camel(k): v for k, v in knobs.items()}
     endpoints = daemon.status(Path(state_dir))
     if endpoints is None:
-        return daemon.start(Path(state_dir), knobs=camel, ssh_enabled=ssh_enabled)
-    if camel:
+        return daemon.start(Path(state_dir), knobs=knobs, ssh_enabled=ssh_enabled)
+    if knobs:
         set_config(endpoints, **knobs)
     return endpoints
 
 
 def set_config(endpoints: dict, **knobs) -> dict:
     """POST /localgce/v1/config with snake_case knobs; returns the knobs now in force."""
-    body = json.dumps({_camel(k): v for k, v in knobs.items()}).encode()
+    body = json.dumps(knobs_json(knobs)).encode()
     request = urllib.request.Request(  # noqa: S310 - our own loopback URL
         f"{endpoints['compute']}/localgce/v1/config",
         data=body,
@@ -67,10 +67,3 @@ def compute_client_options(endpoints: dict) -> dict:
         "client_options": {"api_endpoint": endpoints["compute"]},
         "transport": "rest",
     }
-
-
-def _camel(name: str) -> str:
-    if "_" not in name:
-        return name
-    head, *rest = name.split("_")
-    return head + "".join(p.capitalize() for p in rest)

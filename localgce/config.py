@@ -1,7 +1,9 @@
 """Runtime knobs of the emulator: the values tests shrink and soak runs raise.
 
-The same names are `serve` flags (kebab-case), JSON keys of `POST /localgce/v1/config` and keyword
-arguments of `localgce.client.ensure_running` (snake_case). GCE's real values are the defaults.
+The same names are `serve` flags (kebab-case), JSON keys of `POST /localgce/v1/config`
+(camelCase) and keyword arguments of `localgce.client.ensure_running` (snake_case, the field
+names of `Knobs`). `camel`, `snake` and `knob_flag` are the only conversions between them.
+GCE's real values are the defaults.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ class Knobs:
     operation_delay_seconds: float = 0.0
 
     def to_json(self) -> dict:
-        return {_camel(k): v for k, v in asdict(self).items()}
+        return knobs_json(asdict(self))
 
     def update_from_json(self, payload: dict) -> None:
         """Apply camelCase keys from the admin endpoint; unknown keys or bad values → 400."""
         if not isinstance(payload, dict):
             raise invalid("config body must be a JSON object")
-        by_camel = {_camel(f.name): f for f in fields(self)}
+        by_camel = {camel(f.name): f for f in fields(self)}
         staged = {}
         for key, value in payload.items():
             spec = by_camel.get(key)
@@ -43,9 +45,25 @@ class Knobs:
             setattr(self, name, value)
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.capitalize() for part in rest)
+def camel(name: str, sep: str = "_") -> str:
+    """`grace_spot_seconds` → `graceSpotSeconds` (`sep="-"`: kebab-case); camelCase is kept."""
+    head, *rest = name.split(sep)
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def snake(name: str) -> str:
+    """`graceSpotSeconds` → `grace_spot_seconds`; snake_case is kept."""
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def knobs_json(knobs: dict) -> dict:
+    """Knobs keyed in snake_case or camelCase → the camelCase JSON form."""
+    return {camel(key): value for key, value in knobs.items()}
+
+
+def knob_flag(name: str) -> str:
+    """The `serve` flag of a knob named in snake_case or camelCase: `--grace-spot-seconds`."""
+    return "--" + snake(name).replace("_", "-")
 
 
 def _coerce(name: str, value):
@@ -54,5 +72,5 @@ def _coerce(name: str, value):
             raise invalid("exhaustedZones must be a list of zone names")
         return list(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise invalid(f"{_camel(name)} must be a non-negative number, got {value!r}")
+        raise invalid(f"{camel(name)} must be a non-negative number, got {value!r}")
     return float(value)

@@ -19,16 +19,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 
 from localgce import procs
 from localgce.app import build_router
-from localgce.config import Knobs
+from localgce.config import Knobs, knob_flag, knobs_json, snake
 from localgce.httpserver import start_server
 from localgce.lifecycle import Lifecycle, daemon_tag
 from localgce.state import Store
 from localgce.storage import start_storage
+from trainer.lease import pid_alive  # the one liveness check; trainer never imports localgce
 
 log = logging.getLogger("localgce")
 ENDPOINTS_FILE = "endpoints.json"
@@ -52,7 +53,8 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) -> int:
-    """Run in the foreground until SIGTERM/SIGINT. `knobs`: camelCase overrides of saved ones."""
+    """Run in the foreground until SIGTERM/SIGINT. `knobs` (snake_case or camelCase names)
+    override the saved ones."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     lock = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the daemon's lifetime
@@ -68,7 +70,7 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
     store.load()
     if knobs:
         with store.lock:
-            store.knobs.update_from_json(knobs)
+            store.knobs.update_from_json(knobs_json(knobs))
     with store.lock:
         store.commit()
 
@@ -140,40 +142,20 @@ def healthy(endpoints: dict) -> bool:
 def status(state_dir: Path) -> dict | None:
     """The endpoints of a healthy daemon serving `state_dir`, or None."""
     endpoints = read_endpoints(state_dir)
-    if endpoints and _alive(endpoints.get("pid", 0)) and healthy(endpoints):
+    if endpoints and pid_alive(endpoints.get("pid", 0)) and healthy(endpoints):
         return endpoints
     return None
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not running
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
 def knob_flags(knobs: dict) -> list[str]:
-    """camelCase or snake_case knobs → `serve` flags."""
-    defaults = asdict(Knobs())
+    """snake_case (`config.Knobs` fields) or camelCase knobs → `serve` flags."""
+    known = {f.name for f in fields(Knobs)}
     flags = []
     for key, value in knobs.items():
-        snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
-        if snake not in defaults:
-            raise DaemonError(f"unknown localgce knob {key!r}; known: {sorted(defaults)}")
-        flag = "--" + snake.replace("_", "-")
-        if snake == "exhausted_zones":
-            flags += [flag, ",".join(value)]
-        else:
-            flags += [flag, str(value)]
+        name = snake(key)
+        if name not in known:
+            raise DaemonError(f"unknown localgce knob {key!r}; known: {sorted(known)}")
+        flags += [knob_flag(name), ",".join(value) if name == "exhausted_zones" else str(value)]
     return flags
 
 
@@ -231,19 +213,19 @@ def stop(state_dir: Path, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> bool
     state_dir = Path(state_dir).resolve()
     endpoints = read_endpoints(state_dir)
     pid = (endpoints or {}).get("pid", 0)
-    was_running = _alive(pid) and _is_localgce(pid)
+    was_running = pid_alive(pid) and _is_localgce(pid)
     if was_running:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout_seconds
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(pid):
+        if pid_alive(pid):
             # Its session holds fake-gcs-server too; instance processes have their own sessions.
             procs.signal_groups([pid], signal.SIGKILL)
     # Whatever happened to the daemon, no guest process of this state dir may survive it.
     tag = daemon_tag(state_dir)
     procs.kill_everything([], procs.marker_bytes(f"{tag}:"), prefix_only=True)
-    if not _alive(pid):
+    if not pid_alive(pid):
         (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
     return was_running
 

@@ -15,7 +15,8 @@ HTTP_REASON_PHRASES = {
 
 
 class ApiError(Exception):
-    """Answered as `{"error": {"code", "message", "errors": [...]}}` (gce-semantics §3.6)."""
+    """Answered as `{"error": {"code", "message", "errors": [...]}}` (docs/gce-behaviour.md,
+    "API errors")."""
 
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)

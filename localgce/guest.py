@@ -2,7 +2,8 @@
 
 Lifecycle of one boot (driven by lifecycle.Lifecycle):
   boot      → `GuestAgent.start()` runs the startup scripts in a thread, one process group each,
-              output to serial port 1 in the legacy runner's line format (gce-semantics §5).
+              output to serial port 1 in the legacy runner's line format (docs/gce-behaviour.md,
+              "Startup and shutdown scripts").
   shutdown  → `GuestAgent.run_shutdown_scripts()` starts the shutdown scripts (own group), then the
               caller SIGTERMs everything else of the boot, waits for the grace window (or until all
               is gone) and SIGKILLs the rest (procs.py).
@@ -209,7 +210,8 @@ class GuestAgent:
         return thread
 
     def _scripts(self, kind: str) -> list[tuple[str, str]]:
-        """gce-semantics §5: wanted keys from instance attributes; only if none, project's."""
+        """Wanted keys from instance attributes; only if none, project's (docs/gce-behaviour.md,
+        "Startup and shutdown scripts")."""
         wanted = (f"{kind}-script", f"{kind}-script-url")
         instance_attrs, project_attrs = self.attributes()
         source = instance_attrs if any(k in instance_attrs for k in wanted) else project_attrs

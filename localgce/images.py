@@ -143,35 +143,24 @@ class Images:
         )
 
     def delete(self, req: Request, project: str, image: str) -> dict:
-        with self.store.lock:
-            found = self._get(project, image)
-
         def work() -> None:
             with self.store.lock:
                 self.store.images.pop((project, image), None)
                 self.store.commit()
 
-        return self.ops.run(
-            "delete",
-            project,
-            links.image_path(project, image),
-            found["id"],
-            work,
-            request_id=req.query.get("requestId"),
-        )
+        return self._run("delete", req, project, image, work)
 
     def deprecate(self, req: Request, project: str, image: str) -> dict:
         body = req.json()
         state = body.get("state")
         if state not in (None, "ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED"):
             raise invalid(f"Invalid value for field 'deprecationStatus.state': '{state}'.")
-        with self.store.lock:
-            found = self._get(project, image)
 
         def work() -> None:
             with self.store.lock:
                 target = self._get(project, image)
-                # An empty body (or ACTIVE) clears the deprecation (gce-semantics §3.5).
+                # An empty body (or ACTIVE) clears the deprecation (docs/gce-behaviour.md,
+                # "Images and families").
                 if not state or state == "ACTIVE":
                     target.pop("deprecated", None)
                 else:
@@ -182,11 +171,17 @@ class Images:
                     }
                 self.store.commit()
 
+        return self._run("deprecate", req, project, image, work)
+
+    def _run(self, op_type: str, req: Request, project: str, image: str, work) -> dict:
+        """The Operation of a call on an existing image (else 404), doing `work`."""
+        with self.store.lock:
+            target_id = self._get(project, image)["id"]
         return self.ops.run(
-            "deprecate",
+            op_type,
             project,
             links.image_path(project, image),
-            found["id"],
+            target_id,
             work,
             request_id=req.query.get("requestId"),
         )

@@ -5,13 +5,16 @@ Threads and locks:
   Take a Machine lock before `Store.lock`, never the other way round.
 - A boot starts the instance's metadata server (a thread in the daemon), its sshd (a process
   group) and a `GuestAgent` thread that runs the startup scripts (a process group each).
-- The shutdown path (stop, delete, preemption, maintenance, guest `shutdown`): status STOPPING,
-  shutdown scripts start, SIGTERM to everything else of the boot, wait until all of it has exited
-  or the grace window (30 s Spot/preemptible, 120 s standard; knobs) has passed, SIGKILL the rest,
-  then TERMINATED (or deleted). Processes are found by group and by the LOCALGCE_GUEST marker
-  (procs.py), so nothing outlives its instance.
-- Preemption and maintenance run in their own threads; `preempted=TRUE` and the maintenance
-  notice are set before they start, so the guest sees them before any signal.
+- Every stop (API stop and delete, preemption, host maintenance, guest `shutdown`/`reboot`) is
+  `_stop_boot`: status STOPPING, shutdown scripts start, SIGTERM to everything else of the boot,
+  wait until all of it has exited or the grace window (30 s Spot/preemptible, 120 s standard;
+  knobs) has passed, SIGKILL the rest, then TERMINATED, deleted, or booted again (`Then`).
+  Processes are found by group and by the LOCALGCE_GUEST marker (procs.py), so nothing outlives
+  its instance.
+- Preemption, maintenance and guest shutdowns stop the boot from a thread of their own, so the
+  call that asked for them answers at once; `preempted=TRUE` and the maintenance notice are set
+  before that thread starts, so the guest sees them before any signal. The thread names the boot
+  it stops: a stop decided for one boot never hits the next one.
 - A ticker thread preempts RUNNING Spot VMs at random when `preemption_rate_per_hour` > 0.
 - `close()` (daemon stop) kills every guest process quickly and leaves statuses as they are;
   `resume()` (daemon start) sweeps leftovers of a crashed daemon and boots RUNNING instances again,
@@ -27,28 +30,52 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
-from localgce import procs
-from localgce.errors import invalid, not_ready
+from localgce import links, procs
+from localgce.errors import already_exists, invalid, not_found, not_ready
 from localgce.guest import GuestAgent, guest_env, write_shims
 from localgce.httpserver import RunningServer, start_server
+from localgce.instance_resource import InstanceSpec, is_spot, metadata_dict, new_instance
 from localgce.metadata_server import MetadataServer, build_tree
 from localgce.serial import SerialPort
 from localgce.ssh import Sshd, parse_ssh_keys, sshd_binary, write_authorized_keys
-from localgce.state import InstanceRecord, Store
+from localgce.state import InstanceKey, InstanceRecord, Status, Store
 
 log = logging.getLogger("localgce.lifecycle")
 QUICK_KILL_SECONDS = 2.0
 CHAOS_TICK_SECONDS = 1.0
 AGENT_JOIN_SECONDS = 2.0
 KERNEL_IDENT = "localgce"
+MIGRATE_EVENT = "MIGRATE_ON_HOST_MAINTENANCE"
+TERMINATE_EVENT = "TERMINATE_ON_HOST_MAINTENANCE"
+
+
+class Then(StrEnum):
+    """What follows a stop once the boot is off."""
+
+    TERMINATE = "terminate"  # TERMINATED, disk kept
+    DELETE = "delete"  # the instance and its disk are gone
+    RESTART = "restart"  # TERMINATED, then booted again
+
+
+def after_preemption(resource: dict) -> Then:
+    """`instanceTerminationAction`: STOP (the default) keeps the VM, DELETE deletes it."""
+    action = resource["scheduling"].get("instanceTerminationAction", "STOP")
+    return Then.DELETE if action == "DELETE" else Then.TERMINATE
+
+
+def after_maintenance(resource: dict) -> Then:
+    """A VM stopped for host maintenance comes back only with `automaticRestart`."""
+    return Then.RESTART if resource["scheduling"].get("automaticRestart") else Then.TERMINATE
 
 
 @dataclass
 class Machine:
-    key: tuple[str, str, str]
+    key: InstanceKey
     lock: threading.RLock = field(default_factory=threading.RLock)
     metadata: RunningServer | None = None
     metadata_app: MetadataServer | None = None
@@ -62,11 +89,6 @@ class Machine:
 def daemon_tag(state_dir: Path) -> str:
     """Same tag across restarts of one state dir: a new daemon can sweep an old one's leftovers."""
     return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
-
-
-def is_spot(resource: dict) -> bool:
-    sched = resource.get("scheduling", {})
-    return sched.get("provisioningModel") == "SPOT" or bool(sched.get("preemptible"))
 
 
 class Lifecycle:
@@ -86,13 +108,13 @@ class Lifecycle:
         self.quick_kill_seconds = quick_kill_seconds
         self.chaos_tick_seconds = chaos_tick_seconds
         self.tag = daemon_tag(self.state_dir)
-        self.machines: dict[tuple[str, str, str], Machine] = {}
+        self.machines: dict[InstanceKey, Machine] = {}
         self._machines_lock = threading.Lock()
         self._closing = threading.Event()
         self._ticker: threading.Thread | None = None
 
     # --- helpers ---------------------------------------------------------------------------
-    def machine(self, key) -> Machine:
+    def machine(self, key: InstanceKey) -> Machine:
         with self._machines_lock:
             m = self.machines.get(key)
             if m is None:
@@ -102,10 +124,19 @@ class Lifecycle:
     def instance_dir(self, rec: InstanceRecord) -> Path:
         return self.state_dir / "instances" / rec.resource["id"]
 
-    def _record(self, key) -> InstanceRecord | None:
+    def _record(self, key: InstanceKey) -> InstanceRecord | None:
         return self.store.instances.get(key)
 
-    def serial(self, key) -> SerialPort:
+    def _running(self, key: InstanceKey, why: str) -> InstanceRecord:
+        """The record of a RUNNING instance, else 404 or 400 saying `why` (store lock held)."""
+        rec = self._record(key)
+        if rec is None:
+            raise not_found(links.instance_path(*key))
+        if rec.status != Status.RUNNING:
+            raise not_ready(f"Instance '{key.name}' is {rec.status}; {why}.")
+        return rec
+
+    def serial(self, key: InstanceKey) -> SerialPort:
         m = self.machine(key)
         if m.serial is None:
             with self.store.lock:
@@ -126,10 +157,10 @@ class Lifecycle:
             )
         return m.serial
 
-    def _console(self, key, text: str) -> None:
-        self.serial(key).line(key[2], KERNEL_IDENT, 1, text)
+    def _console(self, key: InstanceKey, text: str) -> None:
+        self.serial(key).line(key.name, KERNEL_IDENT, 1, text)
 
-    def _set(self, key, **changes) -> InstanceRecord | None:
+    def _set(self, key: InstanceKey, **changes) -> InstanceRecord | None:
         """Update resource fields (camelCase) or guest facts (prefixed `guest_`) and commit."""
         with self.store.lock:
             rec = self._record(key)
@@ -147,17 +178,29 @@ class Lifecycle:
         knobs = self.store.knobs
         return knobs.grace_spot_seconds if is_spot(resource) else knobs.grace_standard_seconds
 
+    # --- create and boot ------------------------------------------------------------------------
+    def create(self, spec: InstanceSpec, image: dict) -> InstanceRecord:
+        """The new instance's record, not booted yet; 409 if its name is taken."""
+        with self.store.lock:
+            if spec.key in self.store.instances:
+                raise already_exists(links.instance_path(*spec.key))
+            rec = new_instance(self.store, spec, image)
+            rec.guest["disk"] = str(self.instance_dir(rec) / "disk")
+            self.store.instances[spec.key] = rec
+            self.store.commit()
+            return rec
+
     # --- boot --------------------------------------------------------------------------------
-    def boot(self, key) -> None:
+    def boot(self, key: InstanceKey) -> None:
         """TERMINATED/new → PROVISIONING → STAGING → RUNNING, guest agent started."""
         m = self.machine(key)
         with m.lock:
             with self.store.lock:
                 rec = self._record(key)
-                if rec is None or rec.status == "RUNNING":
+                if rec is None or rec.status == Status.RUNNING:
                     return
                 boot_number = rec.guest.get("boot", 0) + 1
-                rec.resource["status"] = "PROVISIONING"
+                rec.resource["status"] = Status.PROVISIONING
                 rec.guest.update(boot=boot_number, preempted=False, maintenanceEvent="NONE")
                 self.store.commit()
                 inst_dir = self.instance_dir(rec)
@@ -167,13 +210,13 @@ class Lifecycle:
             disk.mkdir(parents=True, exist_ok=True)
             m.marker = f"{self.tag}:{rec.resource['id']}:{boot_number}:"
             m.groups = []
-            self._set(key, status="STAGING")
+            self._set(key, status=Status.STAGING)
             m.metadata_app = MetadataServer(
                 self.store,
                 tree=lambda: build_tree(self.store, key),
                 guest_shutdown=lambda action: self.guest_shutdown(key, action),
             )
-            m.metadata = start_server(m.metadata_app, name=f"metadata-{key[2]}")
+            m.metadata = start_server(m.metadata_app, name=f"metadata-{key.name}")
             hostport = f"127.0.0.1:{m.metadata.port}"
             bin_dir = inst_dir / "guest-bin"
             write_shims(bin_dir, m.metadata.url)
@@ -186,19 +229,21 @@ class Lifecycle:
                 project=project,
                 marker=m.marker + "main",
             )
-            self._console(key, f"Booting {key[2]} (boot {boot_number}); metadata server {hostport}")
+            self._console(
+                key, f"Booting {key.name} (boot {boot_number}); metadata server {hostport}"
+            )
             ssh_port = None
             if self.ssh_enabled:
                 ssh_port = self._start_sshd(key, m, inst_dir, env)
             with self.store.lock:
                 rec = self._record(key)
-                rec.resource["status"] = "RUNNING"
+                rec.resource["status"] = Status.RUNNING
                 rec.resource["lastStartTimestamp"] = self.store.timestamp()
                 rec.guest.update(metadataPort=m.metadata.port, sshPort=ssh_port)
                 self.store.commit()
             shutdown_env = dict(env, **{procs.MARKER_VAR: m.marker + "shutdown"})
             m.agent = GuestAgent(
-                host=key[2],
+                host=key.name,
                 disk=disk,
                 env=env,
                 shutdown_env=shutdown_env,
@@ -209,17 +254,18 @@ class Lifecycle:
             )
             m.agent.start()
 
-    def _attributes(self, key) -> tuple[dict[str, str], dict[str, str]]:
+    def _attributes(self, key: InstanceKey) -> tuple[dict[str, str], dict[str, str]]:
         with self.store.lock:
             rec = self._record(key)
             if rec is None:
                 return {}, {}
-            project = self.store.project(key[0])
-            return _items(rec.resource.get("metadata", {})), _items(
-                project["commonInstanceMetadata"]
+            project = self.store.project(key.project)
+            return (
+                metadata_dict(rec.resource.get("metadata", {})),
+                metadata_dict(project["commonInstanceMetadata"]),
             )
 
-    def _start_sshd(self, key, m: Machine, inst_dir: Path, env: dict) -> int | None:
+    def _start_sshd(self, key: InstanceKey, m: Machine, inst_dir: Path, env: dict) -> int | None:
         session_env = {
             k: v for k, v in env.items() if k not in ("PATH", "HOME", "USER", "LOGNAME", "SHELL")
         }
@@ -227,13 +273,13 @@ class Lifecycle:
             self.refresh_ssh_keys(key)
             m.sshd = Sshd.start(inst_dir / "ssh", env, session_env)
         except Exception as exc:
-            log.warning("no ssh for %s: %s", key[2], exc)
+            log.warning("no ssh for %s: %s", key.name, exc)
             self._console(key, f"sshd failed to start: {exc}")
             return None
         m.groups.append(m.sshd.process.pid)
         return m.sshd.port
 
-    def refresh_ssh_keys(self, key) -> None:
+    def refresh_ssh_keys(self, key: InstanceKey) -> None:
         """Rewrite authorized keys from metadata (after setMetadata / setCommonInstanceMetadata)."""
         if not self.ssh_enabled:
             return
@@ -245,17 +291,52 @@ class Lifecycle:
             ssh_dir = self.instance_dir(rec) / "ssh"
         write_authorized_keys(ssh_dir, parse_ssh_keys(instance_attrs, project_attrs))
 
-    # --- the shutdown path ---------------------------------------------------------------------
-    def _shutdown(self, key, reason: str, grace_seconds: float | None = None) -> None:
+    # --- the stop path -------------------------------------------------------------------------
+    def _stop_boot(
+        self,
+        key: InstanceKey,
+        boot: int | None,
+        reason: str,
+        then: Then | Callable[[dict], Then] = Then.TERMINATE,
+    ) -> None:
+        """Every stop: soft-off, grace window, mechanical off, then what `then` says.
+
+        `boot`: stop only that boot, and only while it is up, because a stop decided earlier (in a
+        thread, after a notice) must not hit a later boot; None: whatever runs now (API calls).
+        `then` may be a function of the resource, so that scheduling fields are read when the stop
+        begins, not when it was decided (setScheduling may change them in between).
+        """
+        m = self.machine(key)
+        with m.lock:
+            with self.store.lock:
+                rec = self._record(key)
+                if boot is not None and not _is_boot(rec, boot):
+                    return
+                if callable(then):
+                    then = then(rec.resource)
+            self._shutdown(key, reason)
+            if then is Then.DELETE:
+                self._remove(key)
+                return
+            self._terminated(key)
+            if then is Then.RESTART:
+                self.boot(key)
+
+    def _in_thread(self, what: str, key: InstanceKey, target, *args) -> None:
+        """Run `target(key, *args)` in a thread of its own, so the caller answers at once."""
+        threading.Thread(
+            target=target, args=(key, *args), name=f"{what}-{key.name}", daemon=True
+        ).start()
+
+    def _shutdown(self, key: InstanceKey, reason: str) -> None:
         """ACPI soft-off, grace window, mechanical off. Machine lock held by the caller."""
         m = self.machine(key)
         with self.store.lock:
             rec = self._record(key)
-            if rec is None or rec.status == "TERMINATED":
+            if rec is None or rec.status == Status.TERMINATED:
                 return
-            if grace_seconds is None:
-                grace_seconds = self.grace_seconds(rec.resource)
-            rec.resource["status"] = "STOPPING"
+            grace_seconds = self.grace_seconds(rec.resource)
+            rec.resource["status"] = Status.STOPPING
             self.store.commit()
         self._console(key, f"{reason}: ACPI soft-off; {grace_seconds:g} s to shut down")
         if not m.marker:
@@ -284,7 +365,7 @@ class Lifecycle:
             poll = min(poll * 1.5, 0.25)
         self._power_off(key, m)
 
-    def _power_off(self, key, m: Machine) -> None:
+    def _power_off(self, key: InstanceKey, m: Machine) -> None:
         """Mechanical off: SIGKILL what is left, stop sshd and the metadata server."""
         # An empty marker would match every guest of every daemon: only sweep a real boot's.
         boot_marker = procs.marker_bytes(m.marker) if m.marker else None
@@ -308,17 +389,17 @@ class Lifecycle:
         m.marker = ""
         self._console(key, "Power off.")
 
-    def _terminated(self, key) -> None:
+    def _terminated(self, key: InstanceKey) -> None:
         with self.store.lock:
             rec = self._record(key)
             if rec is None:
                 return
-            rec.resource["status"] = "TERMINATED"
+            rec.resource["status"] = Status.TERMINATED
             rec.resource["lastStopTimestamp"] = self.store.timestamp()
             rec.guest.update(metadataPort=None, sshPort=None, maintenanceEvent="NONE")
             self.store.commit()
 
-    def _remove(self, key) -> None:
+    def _remove(self, key: InstanceKey) -> None:
         with self.store.lock:
             rec = self.store.instances.pop(key, None)
             if rec is None:
@@ -330,130 +411,64 @@ class Lifecycle:
         shutil.rmtree(inst_dir, ignore_errors=True)
 
     # --- verbs used by the API -------------------------------------------------------------
-    def stop(self, key) -> None:
-        m = self.machine(key)
-        with m.lock:
-            self._shutdown(key, "Stopping instance")
-            self._terminated(key)
-
-    def start(self, key) -> None:
+    def start(self, key: InstanceKey) -> None:
         self.boot(key)
 
-    def delete(self, key) -> None:
-        m = self.machine(key)
-        with m.lock:
-            self._shutdown(key, "Deleting instance")
-            self._remove(key)
+    def stop(self, key: InstanceKey) -> None:
+        self._stop_boot(key, None, "Stopping instance", Then.TERMINATE)
 
-    def preempt(self, key) -> None:
+    def delete(self, key: InstanceKey) -> None:
+        self._stop_boot(key, None, "Deleting instance", Then.DELETE)
+
+    def preempt(self, key: InstanceKey) -> None:
         """Spot preemption: preempted=TRUE now, then (in a thread) soft-off, window, off."""
         with self.store.lock:
-            rec = self._record(key)
-            if rec.status != "RUNNING":
-                raise not_ready(
-                    f"Instance '{key[2]}' is {rec.status}; only RUNNING VMs are preempted."
-                )
+            rec = self._running(key, "only RUNNING VMs are preempted")
             if not is_spot(rec.resource):
-                raise invalid(f"Instance '{key[2]}' is not a Spot or preemptible VM.")
+                raise invalid(f"Instance '{key.name}' is not a Spot or preemptible VM.")
             rec.guest["preempted"] = True
-            boot_number = rec.guest["boot"]
+            boot = rec.guest["boot"]
             self.store.commit()
         self._console(key, "Instance was preempted.")
-        threading.Thread(
-            target=self._finish_preemption,
-            args=(key, boot_number),
-            name=f"preempt-{key[2]}",
-            daemon=True,
-        ).start()
+        self._in_thread("preempt", key, self._stop_boot, boot, "Preemption", after_preemption)
 
-    def _finish_preemption(self, key, boot_number: int) -> None:
-        m = self.machine(key)
-        with m.lock:
-            with self.store.lock:
-                rec = self._record(key)
-                if (
-                    rec is None
-                    or rec.guest.get("boot") != boot_number
-                    or rec.status not in ("RUNNING", "STOPPING")
-                ):
-                    return
-                action = rec.resource["scheduling"].get("instanceTerminationAction", "STOP")
-            self._shutdown(key, "Preemption", self.store.knobs.grace_spot_seconds)
-            if action == "DELETE":
-                self._remove(key)
-            else:
-                self._terminated(key)
-
-    def simulate_maintenance(self, key) -> None:
+    def simulate_maintenance(self, key: InstanceKey) -> None:
+        """Spot VMs are preempted; others get the notice, then live-migrate or stop."""
         with self.store.lock:
-            rec = self._record(key)
-            if rec.status != "RUNNING":
-                raise not_ready(
-                    f"Instance '{key[2]}' is {rec.status}; maintenance needs a RUNNING VM."
-                )
+            rec = self._running(key, "maintenance needs a RUNNING VM")
             spot = is_spot(rec.resource)
             on_maintenance = rec.resource["scheduling"].get("onHostMaintenance", "MIGRATE")
+            boot = rec.guest["boot"]
         if spot:
             self.preempt(key)
             return
-        event = (
-            "TERMINATE_ON_HOST_MAINTENANCE"
-            if on_maintenance == "TERMINATE"
-            else "MIGRATE_ON_HOST_MAINTENANCE"
-        )
-        rec = self._set(key, guest_maintenanceEvent=event)
+        event = TERMINATE_EVENT if on_maintenance == "TERMINATE" else MIGRATE_EVENT
+        self._set(key, guest_maintenanceEvent=event)
         self._console(key, f"Host maintenance scheduled: {event}")
-        threading.Thread(
-            target=self._finish_maintenance,
-            args=(key, rec.guest["boot"], event),
-            name=f"maintenance-{key[2]}",
-            daemon=True,
-        ).start()
+        self._in_thread("maintenance", key, self._end_maintenance, boot, event)
 
-    def _finish_maintenance(self, key, boot_number: int, event: str) -> None:
-        self._closing.wait(self.store.knobs.maintenance_notice_seconds)
-        if self._closing.is_set():
+    def _end_maintenance(self, key: InstanceKey, boot: int, event: str) -> None:
+        """After the notice: a live migration only clears it; TERMINATE stops the boot."""
+        if self._closing.wait(self.store.knobs.maintenance_notice_seconds):
             return
-        m = self.machine(key)
-        with m.lock:
-            with self.store.lock:
-                rec = self._record(key)
-                if rec is None or rec.guest.get("boot") != boot_number or rec.status != "RUNNING":
-                    return
-                restart = bool(rec.resource["scheduling"].get("automaticRestart"))
-            if event == "MIGRATE_ON_HOST_MAINTENANCE":
-                self._set(key, guest_maintenanceEvent="NONE")  # live-migrated; nothing stops
-                return
-            self._shutdown(key, "Host maintenance", self.store.knobs.grace_standard_seconds)
-            self._terminated(key)
-            if restart:
-                self.boot(key)
+        if event == TERMINATE_EVENT:
+            self._stop_boot(key, boot, "Host maintenance", after_maintenance)
+            return
+        with self.machine(key).lock, self.store.lock:
+            rec = self._record(key)
+            if _is_boot(rec, boot):
+                rec.guest["maintenanceEvent"] = "NONE"  # live-migrated; nothing stops
+                self.store.commit()
 
-    def guest_shutdown(self, key, action: str) -> None:
+    def guest_shutdown(self, key: InstanceKey, action: str) -> None:
         """`shutdown`/`poweroff`/`reboot` inside the guest (through the shims)."""
         with self.store.lock:
             rec = self._record(key)
-            if rec is None or rec.status != "RUNNING":
+            if rec is None or rec.status != Status.RUNNING:
                 return
-            boot_number = rec.guest["boot"]
-        threading.Thread(
-            target=self._finish_guest_shutdown,
-            args=(key, boot_number, action),
-            name=f"guest-{action}-{key[2]}",
-            daemon=True,
-        ).start()
-
-    def _finish_guest_shutdown(self, key, boot_number: int, action: str) -> None:
-        m = self.machine(key)
-        with m.lock:
-            with self.store.lock:
-                rec = self._record(key)
-                if rec is None or rec.guest.get("boot") != boot_number or rec.status != "RUNNING":
-                    return
-            self._shutdown(key, f"Guest {action}")
-            self._terminated(key)
-            if action == "reboot":
-                self.boot(key)
+            boot = rec.guest["boot"]
+        then = Then.RESTART if action == "reboot" else Then.TERMINATE
+        self._in_thread(f"guest-{action}", key, self._stop_boot, boot, f"Guest {action}", then)
 
     # --- daemon start/stop -----------------------------------------------------------------------
     def resume(self) -> None:
@@ -464,11 +479,11 @@ class Lifecycle:
             to_boot = []
             for key in keys:
                 rec = self.store.instances[key]
-                if rec.status in ("PROVISIONING", "STAGING", "RUNNING"):
-                    rec.resource["status"] = "TERMINATED"  # boot() starts from a stopped VM
+                if rec.status in (Status.PROVISIONING, Status.STAGING, Status.RUNNING):
+                    rec.resource["status"] = Status.TERMINATED  # boot() starts from a stopped VM
                     to_boot.append(key)
-                elif rec.status == "STOPPING":
-                    rec.resource["status"] = "TERMINATED"
+                elif rec.status == Status.STOPPING:
+                    rec.resource["status"] = Status.TERMINATED
                     rec.resource["lastStopTimestamp"] = self.store.timestamp()
                 rec.guest.update(metadataPort=None, sshPort=None, maintenanceEvent="NONE")
             self.store.commit()
@@ -488,7 +503,7 @@ class Lifecycle:
                 victims = [
                     key
                     for key, rec in self.store.instances.items()
-                    if rec.status == "RUNNING"
+                    if rec.status == Status.RUNNING
                     and is_spot(rec.resource)
                     and self.store.rng.random() < probability
                 ]
@@ -496,7 +511,7 @@ class Lifecycle:
                 try:
                     self.preempt(key)
                 except Exception as exc:  # it may have stopped meanwhile
-                    log.info("random preemption of %s skipped: %s", key[2], exc)
+                    log.info("random preemption of %s skipped: %s", key.name, exc)
 
     def close(self) -> None:
         """Daemon stop: quick kill of every guest process; statuses stay for the next resume()."""
@@ -521,5 +536,10 @@ class Lifecycle:
         procs.kill_everything(all_groups, daemon_marker, prefix_only=True)
 
 
-def _items(metadata: dict) -> dict[str, str]:
-    return {item["key"]: item.get("value", "") for item in metadata.get("items", [])}
+def _is_boot(rec: InstanceRecord | None, boot: int) -> bool:
+    """Is `boot` the instance's current boot, and not yet stopped?"""
+    return (
+        rec is not None
+        and rec.guest.get("boot") == boot
+        and rec.status in (Status.RUNNING, Status.STOPPING)
+    )

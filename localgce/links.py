@@ -1,4 +1,5 @@
-"""Resource names and the full-URL links GCE puts in responses (gce-semantics §3.1)."""
+"""Resource names and the full-URL links GCE puts in responses (docs/gce-behaviour.md,
+"Resource names and links")."""
 
 from __future__ import annotations
 

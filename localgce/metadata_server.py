@@ -1,4 +1,5 @@
-"""One instance's metadata server (`/computeMetadata/v1/`), with GCE's rules (gce-semantics §1).
+"""One instance's metadata server (`/computeMetadata/v1/`), with GCE's rules
+(docs/gce-behaviour.md, "Metadata server").
 
 - `Metadata-Flavor: Google` is required (403 with GCE's HTML text otherwise) and returned;
   any request with X-Forwarded-For is refused (403).
@@ -18,9 +19,11 @@ import json
 import time
 from collections.abc import Callable
 
+from localgce.config import camel
 from localgce.errors import ApiError
 from localgce.httpserver import Request, Response
-from localgce.state import Store
+from localgce.instance_resource import DEFAULT_SCOPES, is_spot, metadata_dict
+from localgce.state import InstanceKey, Store
 
 ROOT = "/computeMetadata/v1"
 TRUE_VALUES = {"true", "1", "yes", "on"}
@@ -59,18 +62,13 @@ class Dynamic:
         self.name = name
 
 
-def _camel(key: str) -> str:
-    head, *rest = key.split("-")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
-
-
 def to_json(node, user_keys: bool = False):
     if isinstance(node, Indexed):
         return [to_json(node[k]) for k in sorted(node, key=int)]
     if isinstance(node, dict):
         keep = isinstance(node, UserMap)
         return {
-            (k if keep else _camel(k)): to_json(v)
+            (k if keep else camel(k, sep="-")): to_json(v)
             for k, v in node.items()
             if not isinstance(v, Dynamic)
         }
@@ -233,7 +231,8 @@ class MetadataServer:
         return node
 
     def _render(self, segments, is_dir, recursive, alt) -> tuple[bytes, str, str]:
-        """Body in the requested format; the ETag hashes the default format (gce-semantics §1.3)."""
+        """Body in the requested format; the ETag hashes the default format (see
+        docs/gce-behaviour.md, "Metadata server")."""
         node = self._lookup(segments)  # may have changed (or vanished) while we waited
         if is_dir and recursive:
             default = json.dumps(to_json(node)).encode()
@@ -290,10 +289,7 @@ class MetadataServer:
         return self._reply(200, token + ".")
 
 
-DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
-
-
-def build_tree(store: Store, key: tuple[str, str, str]) -> dict:
+def build_tree(store: Store, key: InstanceKey) -> dict:
     """The metadata tree of one instance, from the store (call with the lock held)."""
     rec = store.instances.get(key)
     if rec is None:
@@ -319,7 +315,7 @@ def build_tree(store: Store, key: tuple[str, str, str]) -> dict:
     nat_ip = "127.0.0.1"
     return {
         "instance": {
-            "attributes": UserMap(_items(res.get("metadata", {}))),
+            "attributes": UserMap(metadata_dict(res.get("metadata", {}))),
             "cpu-platform": "localgce",
             "description": res.get("description", ""),
             "disks": Indexed(
@@ -353,9 +349,7 @@ def build_tree(store: Store, key: tuple[str, str, str]) -> dict:
             "scheduling": {
                 "automatic-restart": "TRUE" if sched.get("automaticRestart") else "FALSE",
                 "on-host-maintenance": sched.get("onHostMaintenance", "MIGRATE"),
-                "preemptible": "TRUE"
-                if sched.get("preemptible") or sched.get("provisioningModel") == "SPOT"
-                else "FALSE",
+                "preemptible": "TRUE" if is_spot(res) else "FALSE",
                 "provisioning-model": sched.get("provisioningModel", "STANDARD"),
             },
             "service-accounts": accounts,
@@ -363,13 +357,9 @@ def build_tree(store: Store, key: tuple[str, str, str]) -> dict:
             "zone": f"projects/{number}/zones/{zone}",
         },
         "project": {
-            "attributes": UserMap(_items(project["commonInstanceMetadata"])),
+            "attributes": UserMap(metadata_dict(project["commonInstanceMetadata"])),
             "numeric-project-id": int(number),
             "project-id": project_name,
         },
         "universe": {"universe-domain": "googleapis.com"},
     }
-
-
-def _items(metadata: dict) -> dict[str, str]:
-    return {item["key"]: item.get("value", "") for item in metadata.get("items", [])}

@@ -1,10 +1,11 @@
 """Operations: what every mutating call answers, and zoneOperations/globalOperations get + wait.
 
 By default the work is done before the reply and the Operation is already DONE, because the
-client's `ExtendedOperation.result()` polls compute.googleapis.com, not our endpoint (gce-semantics
-§0.1, §4.4). With the `operation_delay_seconds` knob > 0 the work runs in a thread and the
-Operation stays RUNNING until the work is finished and the delay has passed; `get` and `wait`
-(through an operations client built with our endpoint) see it change.
+client's `ExtendedOperation.result()` polls compute.googleapis.com, not our endpoint
+(docs/gce-behaviour.md, "Waiting on operations from Python"). With the `operation_delay_seconds`
+knob > 0 the work runs in a thread and the Operation stays RUNNING until the work is finished and
+the delay has passed; `get` and `wait` (through an operations client built with our endpoint) see
+it change.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from localgce.httpserver import Request
 from localgce.state import Store
 
 log = logging.getLogger("localgce.operations")
-# gce-semantics §3.4: wait returns by about 2 minutes even if the operation is not DONE.
+# wait returns by about 2 minutes even if the operation is not DONE (docs/gce-behaviour.md,
+# "Operations").
 WAIT_CAP_SECONDS = 120.0
 
 
@@ -52,7 +54,8 @@ class Operations:
         return public(op)
 
     def fail(self, op_type, project, target_path, zone, error: ApiError, code: str) -> dict:
-        """A DONE Operation carrying an error found after the request was accepted (§3.6)."""
+        """A DONE Operation carrying an error found after the request was accepted
+        (docs/gce-behaviour.md, "API errors")."""
         op = self._new(op_type, project, zone, target_path, "", None)
         with self.store.lock:
             self._finish(op, error=error, code=code)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from localgce import links
 from localgce.errors import fingerprint_mismatch
 from localgce.httpserver import Request
-from localgce.instances import validate_metadata_items
+from localgce.instance_resource import validate_metadata_items
 from localgce.lifecycle import Lifecycle
 from localgce.operations import Operations
 from localgce.state import Store, fingerprint
@@ -54,7 +54,7 @@ class Projects:
                     "fingerprint": fingerprint(items, self.store.new_hex()),
                 }
                 self.store.commit()
-                keys = [k for k in self.store.instances if k[0] == project]
+                keys = [k for k in self.store.instances if k.project == project]
             for key in keys:
                 self.lifecycle.refresh_ssh_keys(key)
 

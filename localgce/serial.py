@@ -48,7 +48,8 @@ class SerialPort:
                     self.on_base_change(self.base)
 
     def line(self, host: str, ident: str, pid: int, text: str) -> None:
-        """One syslog-style line as the legacy script runner writes it (gce-semantics §5)."""
+        """One syslog-style line as the legacy script runner writes it (docs/gce-behaviour.md,
+        "Startup and shutdown scripts")."""
         stamp = time.strftime("%b %d %H:%M:%S", time.localtime(self.clock()))
         self.write(f"{stamp} {host} {ident}[{pid}]: {text}\n".encode(errors="replace"))
 

@@ -17,12 +17,35 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from localgce.config import Knobs
 
 STATE_FILE = "state.json"
 OPERATION_RETENTION_SECONDS = 3600.0
+
+
+class Status(StrEnum):
+    """An instance's `status`: every value GCE's Instance resource can show."""
+
+    PROVISIONING = "PROVISIONING"
+    STAGING = "STAGING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    SUSPENDING = "SUSPENDING"
+    SUSPENDED = "SUSPENDED"
+    TERMINATED = "TERMINATED"
+    REPAIRING = "REPAIRING"
+
+
+class InstanceKey(NamedTuple):
+    """What names an instance: instance names are unique per project and zone."""
+
+    project: str
+    zone: str
+    name: str
 
 
 @dataclass
@@ -34,8 +57,8 @@ class InstanceRecord:
     guest: dict = field(default_factory=dict)
 
     @property
-    def status(self) -> str:
-        return self.resource["status"]
+    def status(self) -> Status:
+        return Status(self.resource["status"])
 
 
 class Store:
@@ -54,7 +77,7 @@ class Store:
         self.knobs = Knobs()
         self.projects: dict[str, dict] = {}
         self.images: dict[tuple[str, str], dict] = {}
-        self.instances: dict[tuple[str, str, str], InstanceRecord] = {}
+        self.instances: dict[InstanceKey, InstanceRecord] = {}
         self.operations: dict[str, dict] = {}
 
     # --- persistence -----------------------------------------------------------------------
@@ -100,8 +123,8 @@ class Store:
 
     # --- helpers ---------------------------------------------------------------------------
     @staticmethod
-    def key_of(rec: InstanceRecord) -> tuple[str, str, str]:
-        return (rec.guest["project"], rec.guest["zone"], rec.resource["name"])
+    def key_of(rec: InstanceRecord) -> InstanceKey:
+        return InstanceKey(rec.guest["project"], rec.guest["zone"], rec.resource["name"])
 
     def new_id(self) -> str:
         """A 64-bit decimal id (GCE ids are uint64, sent as JSON strings)."""
@@ -143,7 +166,8 @@ class Store:
 def fingerprint(items: list[dict], nonce: str = "") -> str:
     """URL-safe base64 of 8 bytes of a hash of the item list and a per-update nonce.
 
-    GCE's fingerprint changes on every update, even one that writes the same items (§3.3).
+    GCE's fingerprint changes on every update, even one that writes the same items
+    (docs/gce-behaviour.md, "Metadata and fingerprints").
     """
     canonical = json.dumps([nonce, sorted((i["key"], i.get("value", "")) for i in items)])
     return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()[:8]).decode()

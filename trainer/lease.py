@@ -29,14 +29,26 @@ class LeaseHeld(Exception):
     """Another live writer holds the lease; the message names it."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is process `pid` running on this host? A zombie is not: it has exited, unreaped.
+
+    Pids 0 and below name no one process (`kill(-1, 0)` would reach every process we may signal).
+    """
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        return True  # it exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False  # exited between the two checks
+    except OSError:
+        return True  # no /proc to ask (not Linux): kill() said it exists
 
 
 def describe(lease: dict, now_unix: float) -> str:
@@ -77,7 +89,7 @@ class Lease:
         if now - float(current.get("heartbeat_unix", 0)) >= self.stale_seconds:
             return True
         same_host = current.get("holder") == self.holder
-        return same_host and not _pid_alive(int(current.get("pid", -1)))
+        return same_host and not pid_alive(int(current.get("pid", -1)))
 
     def check(self) -> dict | None:
         """Raise LeaseHeld if another live writer holds it; return the current lease (or None)."""

@@ -8,15 +8,14 @@ A plain module (not conftest) so test files can import it under any pytest impor
 from __future__ import annotations
 
 import re
-import time
 import urllib.error
 import urllib.request
 import uuid
 
 from google.cloud import compute_v1
+from polling import wait_for
 
 from localgce.client import compute_client_options
-from polling import wait_for  # noqa: F401 - re-exported for the localgce tests
 
 ROOT = "/computeMetadata/v1/"
 PROJECT = "lg-test"

@@ -13,6 +13,7 @@ from lgtest import PROJECT, ZONE, instance_resource, wait_for
 
 from localgce import daemon
 from localgce.client import NotRunning, compute_client_options, load_endpoints
+from trainer.lease import pid_alive
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -91,6 +92,6 @@ def test_daemon_stops_itself_when_its_state_dir_is_removed(tmp_path):
     started = json.loads(cli("start", "--state-dir", str(state_dir), "--no-ssh").stdout)
     try:
         shutil.rmtree(state_dir)
-        wait_for(lambda: not daemon._alive(started["pid"]), what="the orphaned daemon to exit")
+        wait_for(lambda: not pid_alive(started["pid"]), what="the orphaned daemon to exit")
     finally:
         daemon.stop(state_dir)

@@ -82,7 +82,9 @@ def test_stop_start_keeps_disk_and_stop_runs_shutdown_script(compute, image):
         'echo "project=$GOOGLE_CLOUD_PROJECT mtls=$GCE_METADATA_MTLS_MODE"\n'
     )
     compute.insert(name, image, startup=startup, shutdown="echo bye-from-shutdown", spot=False)
-    text = compute.wait_serial(name, r"startup-script: boots=1")
+    compute.wait_serial(name, r"startup-script: boots=1")
+    # The script's last line: every line the asserts below read is on the port by then.
+    text = compute.wait_serial(name, r"startup-script: project=")
     root = re.search(r"root=(\S+)", text).group(1)
     assert re.search(rf"home={re.escape(root)}/\S+", text)
     assert re.search(r"first-on-path=\S+/guest-bin/shutdown", text)
@@ -113,12 +115,27 @@ def test_guest_shutdown_uses_the_shim_not_the_host(compute, image):
 
 
 @pytest.mark.slow
+def test_guest_reboot_boots_again(compute, image):
+    name = unique("guestreboot")
+    # The first boot marks the disk and reboots; the second one only says so.
+    first = 'touch "$LOCALGCE_ROOT/rebooted"; reboot; sleep 600 & wait $!'
+    startup = f'#!/bin/bash\n[ -e "$LOCALGCE_ROOT/rebooted" ] || {{ {first}; }}\necho second-boot\n'
+    compute.insert(name, image, startup=startup, spot=False)
+    text = compute.wait_serial(name, r"startup-script: second-boot")
+    assert "Guest reboot: ACPI soft-off" in text
+    assert text.count("Booting") == 2
+    assert compute.status(name) == "RUNNING"
+    compute.delete(name)
+
+
+@pytest.mark.slow
 def test_spot_delete_action_deletes_on_preemption(compute, image):
     name = unique("spotdel")
     compute.insert(
         name, image, startup="sleep 600", scheduling={"instance_termination_action": "DELETE"}
     )
-    # simulateMaintenanceEvent on a Spot VM is a preemption (gce-semantics §2.5).
+    # simulateMaintenanceEvent on a Spot VM is a preemption
+    # (docs/gce-behaviour.md, "Host maintenance").
     compute.instances.simulate_maintenance_event(project=PROJECT, zone=ZONE, instance=name).result()
 
     def gone():
