@@ -1,73 +1,101 @@
-"""Open the configured cloud: localgce (started if needed) or real GCE, as a `Compute`.
+"""Open the configured cloud: localgce (started if needed) or real GCE.
 
-On localgce the storage emulator's URL goes into this process's environment (the trainer's
-job-dir code and google-cloud-storage honour STORAGE_EMULATOR_HOST) and the job bucket is created
-if missing; on GCE the bucket must exist and the error says how to create it.
+The one place the kit's cloud clients are made: the Compute adaptor (`compute_for`) and the Cloud
+Storage client of the job bucket and job dirs. On localgce both are pointed at the emulator's
+endpoints explicitly (nothing goes through this process's environment) and the job bucket is
+created if missing; on GCE the bucket must exist and the error says how to create it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 from survival.compute import Compute
-from survival.config import TRAINER_REPO_NAME, Settings
+from survival.config import Settings
 from survival.errors import ConfigError
 from survival.gce import GoogleCompute
+from trainer.jobdir import JobDir
+from trainer.storage import GcsStore
 
 
 @dataclass
 class Cloud:
     settings: Settings
     compute: Compute
+    # google.cloud.storage.Client for the job bucket; None when the task needs no bucket.
+    storage: Any = None
+
+    def open_job_dir(self, url: str) -> JobDir:
+        """The job dir at ``url``, read through this cloud's storage client (gs:// URLs)."""
+        if self.storage is None or not url.startswith("gs://"):
+            return JobDir.open(url)
+        return JobDir(_ClientGcsStore(url, self.storage))
 
 
-def open_cloud(settings: Settings) -> Cloud:
-    if settings.is_local:
-        return _open_local(settings)
-    return _open_gce(settings)
+class _ClientGcsStore(GcsStore):
+    """A GcsStore on a given storage client, instead of one configured from the environment."""
+
+    def __init__(self, url: str, client: Any) -> None:
+        super().__init__(url)
+        self._client = client
+
+    @property
+    def bucket(self) -> Any:
+        return self._client.bucket(self.bucket_name)
 
 
-def _open_local(settings: Settings) -> Cloud:
-    from localgce.client import compute_client_options, ensure_running
+def compute_for(project: str, endpoints: dict[str, Any] | None = None) -> GoogleCompute:
+    """The Compute adaptor: on localgce's ``endpoints`` when given, else on real GCE."""
+    if endpoints is None:
+        return GoogleCompute(project)
+    from localgce.client import compute_client_options
 
-    endpoints = ensure_running(settings.local_state_dir)
-    os.environ["STORAGE_EMULATOR_HOST"] = endpoints["storage"]
-    os.environ["GOOGLE_CLOUD_PROJECT"] = settings.project
-    if settings.sources.get("trainer_repo", "").startswith("derived") and endpoints.get("git"):
-        repo = (Path(endpoints["git"]) / f"{TRAINER_REPO_NAME}.git").resolve().as_uri()
-        settings = dataclasses.replace(settings, trainer_repo=repo)
-    compute = GoogleCompute(
-        settings.project,
+    return GoogleCompute(
+        project,
         client_kwargs=compute_client_options(endpoints),
         extension_url=endpoints["compute"],
     )
-    ensure_bucket(settings.job_bucket, settings.project, create=True)
-    return Cloud(settings, compute)
 
 
-def _open_gce(settings: Settings) -> Cloud:
-    ensure_bucket(settings.job_bucket, settings.project, create=False)
-    return Cloud(settings, GoogleCompute(settings.project))
+def open_cloud(settings: Settings, *, job_bucket: bool = True) -> Cloud:
+    """The cloud of ``settings``; with ``job_bucket`` also its storage client, the bucket made
+    (localgce) or checked (GCE)."""
+    endpoints = None
+    if settings.is_local:
+        from localgce.client import ensure_running
+
+        endpoints = ensure_running(settings.local_state_dir)
+    cloud = Cloud(settings, compute_for(settings.project, endpoints))
+    if job_bucket:
+        cloud.storage = storage_client(settings.project, endpoints and endpoints["storage"])
+        ensure_bucket(cloud.storage, settings.job_bucket, create=settings.is_local)
+    return cloud
 
 
-def ensure_bucket(bucket: str, project: str, *, create: bool) -> None:
+def storage_client(project: str, emulator_url: str | None = None) -> Any:
+    """A google-cloud-storage client: on the emulator at ``emulator_url`` (anonymous), else GCS
+    with Application Default Credentials."""
     from google.cloud import storage
 
-    if os.environ.get("STORAGE_EMULATOR_HOST"):
+    if emulator_url:
         from google.auth.credentials import AnonymousCredentials
 
-        client = storage.Client(project=project, credentials=AnonymousCredentials())
-    else:
-        client = storage.Client(project=project)
+        return storage.Client(
+            project=project,
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": emulator_url},
+        )
+    return storage.Client(project=project)
+
+
+def ensure_bucket(client: Any, bucket: str, *, create: bool) -> None:
     if client.lookup_bucket(bucket) is not None:
         return
     if not create:
         raise ConfigError(
             f"job bucket gs://{bucket} does not exist: create it with `gcloud storage buckets "
-            f"create gs://{bucket} --project {project} --location us-central1` or set "
+            f"create gs://{bucket} --project {client.project} --location us-central1` or set "
             "survival.job_bucket"
         )
     client.create_bucket(bucket)

@@ -30,28 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KIT_ROOT = Path(__file__).resolve().parent.parent
+from survival import config
+from survival.config import IMAGE_FAMILY_MAX_CHARS, IMAGE_FAMILY_RE, KIT_ROOT, LOCAL_PROJECT
+from survival.errors import BakeError, ConfigError, SurvivalError
+
 PACKER_DIR = KIT_ROOT / "packer"
 BUILD_ONLY = {"gce": "gce.googlecompute.gpu", "local": "local.null.local"}
 GOOGLECOMPUTE_PLUGIN = "github.com/hashicorp/googlecompute"
 PLUGINS_COMMAND_SINCE = (1, 8, 0)
 SOURCE_FAMILIES = ("debian-12", "ubuntu-2204-lts")
-LOCAL_PROJECT = "local-project"
 MANIFEST_NAME = "packer-manifest.json"
 PACKER_VERSION_TIMEOUT_SECONDS = 30
 PLUGIN_INSTALL_TIMEOUT_SECONDS = 300
 
-_FAMILY_RE = re.compile(r"^[a-z]([-a-z0-9]{0,48}[a-z0-9])?$")
-_GPU_RE = re.compile(r"^(nvidia-[a-z0-9-]+):([0-9]+)$")
 _LABEL_VALUE_RE = re.compile(r"^[a-z0-9_-]{0,63}$")
 _LABEL_KEY_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
 
 Runner = Callable[..., subprocess.CompletedProcess]
-
-
-class BakeError(Exception):
-    """A user-facing failure: the message says what went wrong and what to do next."""
 
 
 @dataclass(frozen=True)
@@ -101,25 +97,21 @@ def image_name_for(family: str, now: dt.datetime | None = None) -> str:
 
 
 def check_family(family: str) -> str:
-    if not _FAMILY_RE.match(family or ""):
+    if not IMAGE_FAMILY_RE.match(family or ""):
         raise BakeError(
             f"image family {family!r} is not valid: lowercase letters, digits and dashes, starting "
-            "with a letter, at most 50 characters; pass --family or set survival.image_family"
+            f"with a letter, at most {IMAGE_FAMILY_MAX_CHARS} characters (the image name adds a "
+            "15-character timestamp); pass --family or set survival.image_family"
         )
     return family
 
 
 def parse_gpu(spec: str) -> tuple[str, int]:
     """``TYPE:COUNT`` (e.g. nvidia-tesla-t4:1) → (type, count); ``none`` → ("", 0)."""
-    if spec in ("none", "0", ""):
-        return "", 0
-    match = _GPU_RE.match(spec)
-    if not match or int(match.group(2)) not in (1, 2, 4, 8):
-        raise BakeError(
-            f"--gpu {spec!r}: use TYPE:COUNT with COUNT 1, 2, 4 or 8 (e.g. nvidia-tesla-t4:1), "
-            "or none for a CPU-only image"
-        )
-    return match.group(1), int(match.group(2))
+    try:
+        return config.parse_gpu(spec)
+    except ConfigError as err:
+        raise BakeError(str(err)) from None
 
 
 def kit_commit(root: Path = KIT_ROOT) -> str:
@@ -401,23 +393,22 @@ def register_local_image(
     family: str,
     source: Path,
     labels: dict[str, str] | None = None,
-    images: Any = None,
+    compute: Any = None,
 ) -> None:
     """images.insert on localgce with rawDisk.source = ``source`` (a directory with venv/)."""
-    from survival.images import FamilyImages
-
     source = source.resolve()
     if not (source / "venv" / "bin" / "python").exists():
         raise BakeError(f"{source} has no venv/bin/python; python-env.sh did not finish")
-    if images is None:
-        from localgce.client import compute_client_options, load_endpoints
+    if compute is None:
+        from localgce.client import NotRunning, load_endpoints
+        from survival.backend import compute_for
 
         try:
             endpoints = load_endpoints(state_dir)
-        except Exception as err:  # localgce.client.NotRunning
+        except NotRunning as err:
             raise BakeError(str(err)) from err
-        images = FamilyImages(LOCAL_PROJECT, **compute_client_options(endpoints))
-    images.insert_local(name, family, str(source), labels or {})
+        compute = compute_for(LOCAL_PROJECT, endpoints)
+    compute.insert_local_image(name, family, str(source), labels or {})
 
 
 def _labels(pairs: Sequence[str]) -> dict[str, str]:
@@ -432,8 +423,6 @@ def _labels(pairs: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m survival.bake register --state-dir D --name N --family F --source DIR``."""
-    from survival.images import ImageError
-
     parser = argparse.ArgumentParser(prog="python -m survival.bake", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     reg = sub.add_parser("register", help="register a local image directory with localgce")
@@ -448,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         register_local_image(
             args.state_dir, args.name, args.family, args.source, _labels(args.label)
         )
-    except (BakeError, ImageError) as err:
+    except SurvivalError as err:
         print(f"survival.bake: registering {args.name} failed: {err}", file=sys.stderr)
         return 1
     print(f"registered image {args.name} (family {args.family}) from {args.source.resolve()}")

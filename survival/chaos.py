@@ -12,6 +12,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from survival.errors import ChaosError
+
 # Targets fall in this fraction of the run: late enough that a checkpoint exists to lose work
 # from, early enough that the attempt is still running when the supervisor looks.
 FIRST_TARGET_FRACTION = 0.15
@@ -31,7 +33,10 @@ class Chaos:
         high = max(low + count, int(train_steps * LAST_TARGET_FRACTION))
         span = range(low, min(high, train_steps - 1) + 1)
         if len(span) < count:
-            raise ValueError(f"--chaos {count} needs more --train-steps than {train_steps}")
+            raise ChaosError(
+                f"--chaos {count} needs more --train-steps than {train_steps}: raise --train-steps "
+                "or lower --chaos"
+            )
         # One target per slice of the span, so preemptions spread over the run.
         slices = [span[i * len(span) // count : (i + 1) * len(span) // count] for i in range(count)]
         return cls(sorted(rng.choice(s) for s in slices))

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from survival.images import ImageInfo
+
 SSH_DEFAULT_PORT = 22
 
 
@@ -70,8 +72,24 @@ class Compute(Protocol):
     def serial_output(self, zone: str, name: str, start: int = 0) -> tuple[str, int]:
         """Serial port 1 output from byte ``start``; returns (text, next start)."""
 
+    def list_images(self, family: str | None = None) -> list[ImageInfo]:
+        """Images of ``family`` (all of the project's when None), newest first."""
+
+    def newest_image(self, family: str) -> ImageInfo | None:
+        """The image a VM booted from ``family`` gets (GCE's getFromFamily), or None."""
+
     def image_from_family(self, family: str) -> str:
         """selfLink of the newest usable image of ``family``; ConfigError if there is none."""
+
+    def deprecate_image(
+        self, name: str, *, state: str = "DEPRECATED", replacement: str = ""
+    ) -> None:
+        """Mark image ``name`` DEPRECATED (or OBSOLETE/DELETED/ACTIVE); optional replacement."""
+
+    def insert_local_image(
+        self, name: str, family: str, source_dir: str, labels: dict[str, str] | None = None
+    ) -> None:
+        """Register a localgce image: ``source_dir`` (absolute) holds venv/bin/python."""
 
     def get_project_metadata(self) -> dict[str, str]:
         """The project's common instance metadata items."""

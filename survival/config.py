@@ -23,6 +23,10 @@ PROVISIONING_MODELS = ("spot", "preemptible", "standard")
 STORAGE_READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 LOGGING_WRITE_SCOPE = "https://www.googleapis.com/auth/logging.write"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# The repository root: the working tree `invoke push-code` snapshots (where tasks.py lives), and
+# where packer/ and startup/ are read from.
+KIT_ROOT = Path(__file__).resolve().parent.parent
+# The project localgce serves when survival.project is empty (any id works there; one is used).
 LOCAL_PROJECT = "local-project"
 LOCAL_JOB_BUCKET = "survival-jobs"
 TRAINER_REPO_NAME = "trainer"
@@ -60,11 +64,20 @@ _LAYERS = (
     ("_defaults", "invoke default"),
 )
 
-_PROJECT_RE = re.compile(r"^[a-z][-a-z0-9]{4,28}[a-z0-9]$|^local-project$")
+_PROJECT_RE = re.compile(rf"^[a-z][-a-z0-9]{{4,28}}[a-z0-9]$|^{re.escape(LOCAL_PROJECT)}$")
 _ZONE_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 _MACHINE_TYPE_RE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
 _GPU_TYPE_RE = re.compile(r"^nvidia-[a-z0-9-]+$")
-_FAMILY_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_GPU_RE = re.compile(r"^(nvidia-[a-z0-9-]+):([0-9]+)$")
+# GCE attaches 1, 2, 4 or 8 GPUs of one type to a VM (N1 shapes; A2/G2 shapes come in the same
+# steps); 0 means no GPU.
+GPU_COUNTS = (1, 2, 4, 8)
+NO_GPU_SPECS = ("", "none", "0", "none:0")
+# GCE allows image families of up to 63 characters ([a-z]([-a-z0-9]*[a-z0-9])?), but the kit names
+# each image FAMILY-YYYYMMDDhhmmss (survival.bake.image_name_for) and an image name is at most 63
+# characters too: 63 - len("-YYYYMMDDhhmmss") = 48. Settings and bakes both check this one rule.
+IMAGE_FAMILY_MAX_CHARS = 48
+IMAGE_FAMILY_RE = re.compile(rf"^[a-z]([-a-z0-9]{{0,{IMAGE_FAMILY_MAX_CHARS - 2}}}[a-z0-9])?$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9]$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
@@ -198,6 +211,8 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
     gpu_type = str(raw["gpu_type"] or "")
     if gpu_count:
         _check("gpu_type", gpu_type, _GPU_TYPE_RE, "nvidia-tesla-t4")
+        if gpu_count not in GPU_COUNTS:
+            raise ConfigError(f"survival.gpu_count={gpu_count}: use 0 (no GPU), 1, 2, 4 or 8")
     job_bucket = str(raw["job_bucket"] or "")
     if not job_bucket:
         job_bucket = LOCAL_JOB_BUCKET if backend == "local" else f"{project}-survival-jobs"
@@ -231,7 +246,7 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
         gpu_count=gpu_count,
         provisioning=provisioning,
         image_family=_check(
-            "image_family", str(raw["image_family"]), _FAMILY_RE, "gce-survival-kit"
+            "image_family", str(raw["image_family"]), IMAGE_FAMILY_RE, "gce-survival-kit"
         ),
         local_state_dir=state_dir,
         trainer_repo=trainer_repo,
@@ -244,6 +259,19 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
         max_restarts=_as_int("max_restarts", raw["max_restarts"], 0),
         sources=sources,
     )
+
+
+def parse_gpu(spec: str) -> tuple[str, int]:
+    """``TYPE:COUNT`` (e.g. nvidia-tesla-t4:1) → (type, count); ``none`` (or 0) → ("", 0)."""
+    if spec.lower() in NO_GPU_SPECS:
+        return "", 0
+    match = _GPU_RE.match(spec)
+    if not match or int(match.group(2)) not in GPU_COUNTS:
+        raise ConfigError(
+            f"--gpu {spec!r}: use TYPE:COUNT with COUNT 1, 2, 4 or 8 (e.g. nvidia-tesla-t4:1), "
+            "or none for no GPU"
+        )
+    return match.group(1), int(match.group(2))
 
 
 def _default_ssh_user() -> str:

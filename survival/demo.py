@@ -8,30 +8,27 @@ import argparse
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from invoke import Config
+
+from survival import bake
+from survival.backend import open_cloud
+from survival.config import DEFAULTS, Settings
+from survival.config import KIT_ROOT as REPO
+
 DEMO_TRAIN_STEPS = 3000
 DEMO_CHECKPOINT_STEPS = 500
 
 
-def ensure_local_image(state_dir: Path, project: str, family: str) -> str:
-    """The newest image of ``family`` in localgce; baked through Packer (`invoke bake-image
+def ensure_local_image(settings: Settings) -> str:
+    """The newest image of the family in localgce; baked through Packer (`invoke bake-image
     --backend local`) when the family has none yet."""
-    from google.api_core import exceptions
-    from google.cloud import compute_v1
-
-    from localgce.client import compute_client_options, ensure_running
-    from survival import bake
-
-    endpoints = ensure_running(state_dir)
-    images = compute_v1.ImagesClient(**compute_client_options(endpoints))
-    try:
-        return images.get_from_family(project=project, family=family).name
-    except exceptions.NotFound:
-        pass
+    family = settings.image_family
+    newest = open_cloud(settings, job_bucket=False).compute.newest_image(family)
+    if newest is not None:
+        return newest.name
     print(f"demo: no image in family {family} yet; baking one with Packer (about a minute)")
-    plan = bake.prepare(bake.local_plan(family=family, state_dir=state_dir))
+    plan = bake.prepare(bake.local_plan(family=family, state_dir=settings.local_state_dir))
     result = bake.bake(plan)
     print(f"demo: baked local image {result.image_name} (family {result.family})")
     return result.image_name
@@ -43,10 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--name", default=f"exp1-demo-{time.strftime('%H%M%S', time.gmtime())}")
     args = parser.parse_args(argv)
-    from invoke import Config
-
-    from survival.config import DEFAULTS, Settings
-
     config = Config(project_location=str(REPO))
     config.load_collection({"survival": DEFAULTS})
     config.load_project()
@@ -60,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.local_state_dir.is_absolute()
         else settings.local_state_dir
     )
-    ensure_local_image(state_dir, settings.project, settings.image_family)
+    # Derived settings (the trainer repo in the state dir) follow the absolute state dir.
+    settings = settings.with_flags(local_state_dir=state_dir)
+    ensure_local_image(settings)
     invoke = [sys.executable, "-m", "invoke"]
     steps = [
         [*invoke, "train", "--branch", "exp1", "--chaos", "2", "--name", args.name,

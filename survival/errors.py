@@ -1,9 +1,14 @@
-"""Error taxonomy: what the orchestrator retries, and how.
+"""Error taxonomy: what the orchestrator retries, and how. Every error the kit raises on purpose is
+a `SurvivalError`; `survival.cli.user_errors` turns one into a one-line message and exit status 1.
 
 - ConfigError: the user's input or settings are wrong. Never retried; the message says what to do.
+  ChaosError: --chaos asks for more preemptions than the run has steps for.
+- ImageError, BakeError: an image operation or a Packer bake failed; the message says what next.
 - CapacityError: the zone has no capacity for this shape (ZONE_RESOURCE_POOL_EXHAUSTED, stockouts,
   quota). Retried in the next zone of ``survival.zones``.
 - TransientError: a server hiccup (5xx, timeouts, rate limits). Retried as is, with backoff.
+  NoCapacityError: no zone had capacity; the supervisor waits and tries the zones again.
+- JobFailed: the job dir says FAILED, or the supervisor gave up.
 Anything else is a bug or an unknown cloud error: it propagates with its traceback.
 """
 
@@ -18,6 +23,18 @@ class ConfigError(SurvivalError):
     """Bad settings or arguments. The message is one line that says what to do."""
 
 
+class ChaosError(ConfigError):
+    """--chaos cannot be planned for this run (too few steps for the preemptions asked)."""
+
+
+class ImageError(SurvivalError):
+    """An image operation failed (missing image, name taken, API rejection) with what to do."""
+
+
+class BakeError(SurvivalError):
+    """A bake failed or cannot start: the message says what went wrong and what to do next."""
+
+
 class CapacityError(SurvivalError):
     """No capacity (or quota) for this instance shape in this zone: try the next zone."""
 
@@ -29,6 +46,19 @@ class CapacityError(SurvivalError):
 
 class TransientError(SurvivalError):
     """A transient API failure: retry the same call after a pause."""
+
+
+class NoCapacityError(TransientError):
+    """Every zone tried was out of capacity. A launch reports it; the supervisor backs off and
+    tries the zones again, since capacity comes back."""
+
+
+class JobFailed(SurvivalError):
+    """The job dir has a FAILED marker, or the supervisor gave up."""
+
+
+class SshUnreachable(SurvivalError):
+    """The instance's sshd cannot be reached; `invoke ssh-logs` falls back to the serial console."""
 
 
 # Operation error codes that mean "this zone cannot host it now" (GCE's own codes).
@@ -47,7 +77,7 @@ TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 def classify_operation_error(
     zone: str, codes: list[str], http_status: int, message: str
 ) -> Exception:
-    """The exception a failed (DONE, with errors) zonal operation stands for."""
+    """The exception a failed (DONE, with errors) operation stands for."""
     for code in codes:
         if code in CAPACITY_CODES:
             return CapacityError(zone, code, message)

@@ -1,9 +1,11 @@
 """`survival.compute.Compute` on google-cloud-compute: real GCE, or localgce via ``api_endpoint``.
 
-The SDK is imported lazily (``invoke --list`` stays instant). Mutating calls use the ``*_unary``
-methods and wait on the returned Operation through a Zone/GlobalOperationsClient built with the
-*same* client options: ``ExtendedOperation.result()`` would poll compute.googleapis.com whatever
-the endpoint (gce-semantics §4.4), and it hides the operation's error codes we classify on.
+The one adaptor between the kit and the Compute API: instances, images and project metadata. The
+SDK is imported lazily (``invoke --list`` stays instant) and its clients are built here only.
+Mutating calls use the ``*_unary`` methods and wait on the returned Operation in `_wait`, through a
+Zone/GlobalOperationsClient built with the *same* client options: ``ExtendedOperation.result()``
+would poll compute.googleapis.com whatever the endpoint (docs/gce-behaviour.md, "Waiting on
+operations from Python"), and it hides the operation's error codes we classify on.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from survival.compute import InstanceInfo
-from survival.errors import ConfigError, TransientError, classify_operation_error
+from survival.errors import (
+    ConfigError,
+    ImageError,
+    SurvivalError,
+    TransientError,
+    classify_operation_error,
+)
+from survival.images import ImageInfo, image_info, newest_first
 from survival.sdk import api_exceptions, compute_v1, make_client, wait_until_done
 
 OPERATION_POLL_SECONDS = 0.5
@@ -31,6 +40,38 @@ def _provisioning_model(scheduling: dict[str, Any]) -> str:
     if scheduling.get("provisioningModel"):
         return str(scheduling["provisioningModel"])
     return "PREEMPTIBLE" if scheduling.get("preemptible") else "STANDARD"
+
+
+# How an API error (google.api_core.exceptions.GoogleAPICallError) reads to the user, per kind of
+# resource: a SurvivalError, or None to let the API's exception through (NotFound for getters).
+Translate = Callable[[str, Any, Any], SurvivalError | None]
+
+
+def _instance_error(where: str, err: Any, exc: Any) -> SurvivalError | None:
+    if isinstance(err, exc.Conflict):
+        return ConfigError(
+            f"{err.message}: pick another --name or remove it with `invoke down NAME`"
+        )
+    if isinstance(err, exc.BadRequest):
+        return ConfigError(f"{where}: the API rejected the request: {err.message}")
+    if isinstance(err, exc.Forbidden):
+        return ConfigError(
+            f"{err.message}: check the project id and that your account may use Compute Engine"
+        )
+    return None
+
+
+def _image_error(where: str, err: Any, exc: Any) -> SurvivalError | None:
+    if isinstance(err, exc.NotFound):
+        return ImageError(
+            f"{err.message}: list the images with `invoke images` and check survival.project"
+        )
+    if isinstance(err, exc.Conflict):
+        return ImageError(f"{err.message}: an image of that name exists already")
+    return ImageError(f"the Compute API rejected the request: {err.message}")
+
+
+IMAGE_STATES = ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED")
 
 
 def instance_info(raw: dict[str, Any]) -> InstanceInfo:
@@ -84,24 +125,27 @@ class GoogleCompute:
             self._clients[kind] = make_client(cls, **self._client_kwargs)
         return self._clients[kind]
 
-    def _call(self, fn: Callable[..., Any], where: str, /, **kwargs: Any) -> Any:
-        """Run one API call, mapping HTTP errors onto the taxonomy (``where``: for messages)."""
+    def _call(
+        self,
+        fn: Callable[..., Any],
+        where: str,
+        translate: Translate = _instance_error,
+        /,
+        **kwargs: Any,
+    ) -> Any:
+        """Run one API call, mapping HTTP errors onto the taxonomy (``where``: for messages;
+        ``translate``: what the errors of this kind of resource mean to the user)."""
         exc = api_exceptions()
         try:
             return fn(**kwargs)
         except (exc.ServiceUnavailable, exc.TooManyRequests, exc.InternalServerError,
                 exc.GatewayTimeout, exc.DeadlineExceeded) as err:  # fmt: skip
             raise TransientError(f"{where}: {err.message}") from err
-        except exc.Conflict as err:
-            raise ConfigError(
-                f"{err.message}: pick another --name or remove it with `invoke down NAME`"
-            ) from err
-        except exc.BadRequest as err:
-            raise ConfigError(f"{where}: the API rejected the request: {err.message}") from err
-        except exc.Forbidden as err:
-            raise ConfigError(
-                f"{err.message}: check the project id and that your account may use Compute Engine"
-            ) from err
+        except exc.GoogleAPICallError as err:
+            mapped = translate(where, err, exc)
+            if mapped is None:
+                raise
+            raise mapped from err
 
     def _wait(self, operation: Any, zone: str | None) -> None:
         """Wait for DONE through an operations client with our endpoint; raise on errors."""
@@ -124,7 +168,10 @@ class GoogleCompute:
             sleep=self._sleep,
         )
         if finished is None:
-            raise TransientError(f"operation {operation.name} not DONE after a while")
+            raise TransientError(
+                f"operation {operation.name} is not DONE after {self._timeout_seconds:g} s; "
+                "check it with `gcloud compute operations describe`"
+            )
         operation = finished
         errors = list(operation.error.errors) if operation.error else []
         if errors:
@@ -208,20 +255,78 @@ class GoogleCompute:
         )  # fmt: skip
         return out.contents, int(out.next_)
 
-    # --- images and project metadata -------------------------------------------------------
-    def image_from_family(self, family: str) -> str:
+    # --- images -----------------------------------------------------------------------------
+    def list_images(self, family: str | None = None) -> list[ImageInfo]:
+        client = self._client("ImagesClient")
+        request: dict[str, Any] = {"project": self.project}
+        if family:
+            request["filter"] = f'family = "{family}"'
+        images = self._call(client.list, "global", _image_error, request=request)
+        found = [image_info(image) for image in images]
+        if family:
+            # A filter is a hint some servers ignore; the family is what counts.
+            found = [info for info in found if info.family == family]
+        return newest_first(found)
+
+    def newest_image(self, family: str) -> ImageInfo | None:
         client = self._client("ImagesClient")
         try:
             image = self._call(
                 client.get_from_family, "global", project=self.project, family=family
             )
         except api_exceptions().NotFound:
+            return None
+        return image_info(image)
+
+    def image_from_family(self, family: str) -> str:
+        image = self.newest_image(family)
+        if image is None:
             raise ConfigError(
                 f"no image in family {family!r} of project {self.project}: run `invoke bake-image` "
                 "(on localgce `make demo` registers one) or set survival.image_family"
-            ) from None
+            )
         return image.self_link or f"projects/{self.project}/global/images/{image.name}"
 
+    def deprecate_image(
+        self, name: str, *, state: str = "DEPRECATED", replacement: str = ""
+    ) -> None:
+        if state not in IMAGE_STATES:
+            raise ImageError(f"state {state!r}: choose {', '.join(IMAGE_STATES)}")
+        status: dict[str, Any] = {"state": state}
+        if replacement:
+            status["replacement"] = (
+                f"projects/{self.project}/global/images/{replacement}"
+                if "/" not in replacement
+                else replacement
+            )
+        client = self._client("ImagesClient")
+        op = self._call(
+            client.deprecate_unary,
+            "global",
+            _image_error,
+            project=self.project,
+            image=name,
+            deprecation_status_resource=status,
+        )
+        self._wait(op, None)
+
+    def insert_local_image(
+        self, name: str, family: str, source_dir: str, labels: dict[str, str] | None = None
+    ) -> None:
+        body = {
+            "name": name,
+            "family": family,
+            "raw_disk": {"source": source_dir},
+            "labels": labels or {},
+            "description": "GCE Survival Kit local image (invoke bake-image --backend local)",
+        }
+        client = self._client("ImagesClient")
+        op = self._call(
+            client.insert_unary, "global", _image_error, project=self.project, image_resource=body
+        )
+        self._wait(op, None)
+
+    # --- project metadata -------------------------------------------------------------------
     def get_project_metadata(self) -> dict[str, str]:
         client = self._client("ProjectsClient")
         project = self._call(client.get, "global", project=self.project)

@@ -1,6 +1,6 @@
 """The Instance resource for a training VM, in the REST API's JSON shape, exactly as GCE requires.
 
-Scheduling rules (gce-semantics §2.3, §2.5):
+Scheduling rules (docs/gce-behaviour.md, "Spot preemption" and "Host maintenance"):
 - spot: provisioningModel SPOT, instanceTerminationAction STOP (the disk survives, so the
   supervisor can start it again), onHostMaintenance TERMINATE, automaticRestart false.
 - preemptible (legacy): preemptible true, onHostMaintenance TERMINATE, automaticRestart false.
@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from survival.errors import ConfigError
 
 STARTUP_DIR = Path(__file__).resolve().parent.parent / "startup"
 JOB_LABEL = "survival-job"
@@ -97,7 +99,7 @@ def scheduling(provisioning: str, gpu_count: int) -> dict[str, Any]:
             "onHostMaintenance": "TERMINATE" if gpu_count else "MIGRATE",
             "automaticRestart": True,
         }
-    raise ValueError(f"unknown provisioning model {provisioning!r}")
+    raise ConfigError(f"provisioning {provisioning!r}: use spot, preemptible or standard")
 
 
 def startup_scripts() -> dict[str, str]:

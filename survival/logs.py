@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from survival.compute import Compute, InstanceInfo
+from survival.errors import SshUnreachable
 
 # The log path on the instance; on localgce sshd sets LOCALGCE_ROOT (the instance's disk dir).
 # This is a constant command: nothing user-supplied is put into the remote shell line.
@@ -20,10 +21,6 @@ REMOTE_LOG = '"${LOCALGCE_ROOT:-}/var/log/survival/trainer.log"'
 CONNECT_TIMEOUT_SECONDS = 10
 TAIL_LINES = 200
 SERIAL_POLL_SECONDS = 2.0
-
-
-class SshUnreachable(Exception):
-    """SSH could not connect or authenticate."""
 
 
 def tail_command(lines: int, follow: bool) -> str:

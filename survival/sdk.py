@@ -2,8 +2,9 @@
 way the kit waits for a Compute Operation.
 
 We never call ``ExtendedOperation.result()``: it polls compute.googleapis.com whatever the
-client's endpoint (gce-semantics §4.4), so on localgce it would reach for Google. Callers poll
-through an operations client built with their own client options instead.
+client's endpoint (docs/gce-behaviour.md, "Waiting on operations from Python"), so on localgce it
+would reach for Google. `survival.gce.GoogleCompute` polls through an operations client built
+with its own client options instead.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Loop (every ``poll_seconds``): stream new serial-console lines; read the job's progress; DONE →
 stop and summarise; FAILED → stop with the reason; instance TERMINATED without DONE → start it
-again, with exponential backoff between restarts; a capacity error on start or create → recreate
-the instance in the next zone of ``survival.zones``; a transient API error → retry after the
-backoff. ``--chaos`` preemptions are fired from the same loop. Clock and sleep are injected.
+again, with exponential backoff between restarts; a capacity error on start → recreate the
+instance in the other zones of ``survival.zones`` (survival.placement); a transient API error, or
+no zone with capacity → retry after the backoff. ``--chaos`` preemptions are fired from the same
+loop. Clock and sleep are injected.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 
 from survival.chaos import Chaos
 from survival.compute import Compute
-from survival.errors import CapacityError, SurvivalError, TransientError
+from survival.errors import CapacityError, JobFailed, SurvivalError, TransientError
+from survival.placement import place, zones_from
 from survival.progress import Progress, read_progress
 
 POLL_SECONDS = 1.0
@@ -24,10 +26,6 @@ BACKOFF_INITIAL_SECONDS = 2.0
 BACKOFF_MAX_SECONDS = 120.0
 RUNNING_STATES = frozenset({"PROVISIONING", "STAGING", "RUNNING"})
 STOPPED_STATES = frozenset({"TERMINATED", "STOPPED", "SUSPENDED"})
-
-
-class JobFailed(SurvivalError):
-    """The job dir has a FAILED marker, or the supervisor gave up."""
 
 
 @dataclass
@@ -94,7 +92,7 @@ class Supervisor:
             text, self._serial_next = self.compute.serial_output(
                 self.zone, self.name, self._serial_next
             )
-        except (TransientError, SurvivalError):
+        except SurvivalError:
             return
         for line in text.splitlines():
             self.out(f"[{self.name}] {line}")
@@ -103,26 +101,17 @@ class Supervisor:
         self._not_before = self.clock() + self._backoff_seconds
         self._backoff_seconds = min(self._backoff_seconds * 2, self.timing.backoff_max_seconds)
 
-    def _create_somewhere(self, first_zone: str) -> None:
-        """Create the instance in first_zone, else the next zones in order (capacity errors)."""
-        order = list(self.zones)
-        start = order.index(first_zone) if first_zone in order else 0
-        candidates = order[start:] + order[:start]
-        last_error: Exception | None = None
-        for zone in candidates:
-            try:
-                self.compute.insert_instance(zone, self.make_body(zone))
-            except CapacityError as err:
-                self.out(f"supervisor: no capacity in {zone} ({err.code}); trying the next zone")
-                last_error = err
-                continue
-            if zone != self.zone:
-                self.zone_moves += 1
-                self._serial_next = 0
-            self.zone = zone
-            self.out(f"supervisor: created {self.name} in {zone}")
-            return
-        raise TransientError(f"no zone of {', '.join(self.zones)} has capacity: {last_error}")
+    def _create_somewhere(self, zones: tuple[str, ...]) -> None:
+        """Create the instance in the first of ``zones`` with capacity (NoCapacityError, a
+        TransientError, when none has any: the loop backs off and tries again)."""
+        zone = place(
+            self.compute, zones, self.make_body, lambda line: self.out(f"supervisor: {line}")
+        )
+        if zone != self.zone:
+            self.zone_moves += 1
+            self._serial_next = 0
+        self.zone = zone
+        self.out(f"supervisor: created {self.name} in {zone}")
 
     def _restart(self) -> None:
         if self.restarts >= self.max_restarts:
@@ -137,11 +126,9 @@ class Supervisor:
         except CapacityError as err:
             self.out(f"supervisor: {self.zone} is out of capacity ({err.code}); moving zones")
             self.compute.delete_instance(self.zone, self.name)
-            order = list(self.zones)
-            nxt = (
-                order[(order.index(self.zone) + 1) % len(order)] if self.zone in order else order[0]
-            )
-            self._create_somewhere(nxt)
+            # The other zones first; the full one last, in case capacity came back meanwhile.
+            order = zones_from(self.zone, self.zones)
+            self._create_somewhere(order[1:] + order[:1])
 
     def _maybe_chaos(self, progress: Progress, status: str) -> None:
         if status != "RUNNING" or progress.done or not self.chaos.due(progress.lease):
@@ -178,7 +165,7 @@ class Supervisor:
         info = self.compute.get_instance(self.zone, self.name)
         if info is None:
             self.out(f"supervisor: {self.name} does not exist in {self.zone}; creating it")
-            self._create_somewhere(self.zone)
+            self._create_somewhere(zones_from(self.zone, self.zones))
             return
         if info.status in STOPPED_STATES:
             # DONE is written before the trainer powers off: read it again before restarting.

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from survival import bake
+from survival import bake, config
+from survival.errors import ConfigError
 
 
 class FakeRunner:
@@ -35,6 +36,35 @@ def test_image_name_is_family_plus_utc_timestamp():
 def test_bad_family_is_refused(family, tmp_path):
     with pytest.raises(bake.BakeError, match="--family"):
         bake.local_plan(family=family, state_dir=tmp_path)
+
+
+def test_family_limit_leaves_room_for_the_timestamp_in_the_image_name(tmp_path):
+    longest = "k" * config.IMAGE_FAMILY_MAX_CHARS
+    plan = bake.local_plan(family=longest, state_dir=tmp_path, commit="c")
+    assert len(plan.image_name) == 63  # GCE's limit for an image name
+    too_long = longest + "k"
+    with pytest.raises(bake.BakeError, match="--family"):
+        bake.local_plan(family=too_long, state_dir=tmp_path, commit="c")
+    # The settings apply the same rule, so a configured family can always be baked.
+    from invoke import Config
+
+    with pytest.raises(ConfigError, match="image_family"):
+        config.Settings.from_invoke(Config(overrides={"survival": {"image_family": too_long}}))
+
+
+@pytest.mark.parametrize(
+    "spec", ["nvidia-tesla-t4:1", "nvidia-l4:8", "none", "nvidia-tesla-t4:3", "nvidia-t4:16"]
+)
+def test_train_and_bake_accept_the_same_gpu_specs(spec):
+    # GCE attaches 1, 2, 4 or 8 GPUs: `invoke train --gpu` used to accept any count up to 99.
+    try:
+        expected = config.parse_gpu(spec)
+    except ConfigError:
+        assert spec.endswith((":3", ":16"))
+        with pytest.raises(bake.BakeError, match="TYPE:COUNT"):
+            bake.parse_gpu(spec)
+    else:
+        assert bake.parse_gpu(spec) == expected
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 from google.cloud import compute_v1
+from polling import wait_for
 
 from localgce import daemon
 from localgce.client import compute_client_options, load_endpoints
 from survival import bake
-from survival.images import FamilyImages
+from survival.backend import compute_for
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILY = "bake-test"
@@ -43,18 +44,21 @@ head -1 "$TMPDIR/help.txt"
 
 
 def wait_for_serial(instances, name, pattern, timeout_seconds):
-    deadline = time.monotonic() + timeout_seconds
-    delay = 0.2
-    while True:
-        text = instances.get_serial_port_output(
+    seen = [""]
+
+    def matching_text():
+        seen[0] = instances.get_serial_port_output(
             project=bake.LOCAL_PROJECT, zone=ZONE, instance=name
         ).contents
-        if re.search(pattern, text):
-            return text
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {pattern!r} on {name}'s serial port:\n{text}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+        return seen[0] if re.search(pattern, seen[0]) else None
+
+    return wait_for(
+        matching_text,
+        timeout_seconds,
+        what=lambda: f"{pattern!r} on {name}'s serial port:\n{seen[0]}",
+        first_delay_seconds=0.2,
+        max_delay_seconds=2.0,
+    )
 
 
 @pytest.mark.slow
@@ -95,9 +99,9 @@ def test_local_bake_registers_an_image_a_vm_runs_the_trainer_from(tmp_path):
         assert manifest["builds"][-1]["custom_data"]["image_name"] == name
 
         # Registered with localgce, the newest of its family.
-        options = compute_client_options(load_endpoints(state_dir))
-        images = FamilyImages(bake.LOCAL_PROJECT, **options)
-        newest = images.newest(FAMILY)
+        endpoints = load_endpoints(state_dir)
+        options = compute_client_options(endpoints)
+        newest = compute_for(bake.LOCAL_PROJECT, endpoints).newest_image(FAMILY)
         assert newest is not None and newest.name == name
         # The kit commit it was baked from (others may commit meanwhile: any commit of this repo).
         commit = newest.labels["survival-kit-commit"]

@@ -11,6 +11,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from polling import wait_for
+
+from survival.config import LOCAL_PROJECT
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_STEPS = 3000
@@ -22,8 +25,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def cloud():
     from localgce import daemon
-    from localgce.client import compute_client_options, ensure_running
-    from survival.gce import GoogleCompute
+    from localgce.client import ensure_running
+    from survival.backend import compute_for, ensure_bucket, storage_client
 
     # Not under pytest's 0700 tmp dirs: the guest may drop to an unprivileged user.
     root = Path(tempfile.mkdtemp(prefix="survival-e2e-"))
@@ -31,21 +34,16 @@ def cloud():
     state = root / "state"
     endpoints = ensure_running(state, grace_spot_seconds=20)
     _register_kit_venv_image(endpoints, state, "gce-survival-kit")
-    os.environ["STORAGE_EMULATOR_HOST"] = endpoints["storage"]
-    from survival.backend import ensure_bucket
-
-    ensure_bucket("survival-jobs", "local-project", create=True)
-    compute = GoogleCompute(
-        "local-project",
-        client_kwargs=compute_client_options(endpoints),
-        extension_url=endpoints["compute"],
-    )
+    storage = storage_client(LOCAL_PROJECT, endpoints["storage"])
+    ensure_bucket(storage, "survival-jobs", create=True)
+    compute = compute_for(LOCAL_PROJECT, endpoints)
+    # For the trainer code run in subprocesses (and by the tasks' own children): the emulator.
     env = {
         **os.environ,
         "INVOKE_SURVIVAL_LOCAL_STATE_DIR": str(state),
         "INVOKE_SURVIVAL_SSH_KEY_PATH": str(root / "ssh" / "google_compute_engine"),
         "STORAGE_EMULATOR_HOST": endpoints["storage"],
-        "GOOGLE_CLOUD_PROJECT": "local-project",
+        "GOOGLE_CLOUD_PROJECT": LOCAL_PROJECT,
     }
     try:
         yield {"root": root, "state": state, "endpoints": endpoints, "compute": compute, "env": env}
@@ -67,7 +65,7 @@ def _register_kit_venv_image(endpoints, state: Path, family: str) -> None:
     image = compute_v1.Image(
         name=f"{family}-kit-venv", family=family, raw_disk=compute_v1.RawDisk(source=str(image_dir))
     )
-    images.insert(project="local-project", image_resource=image).result(timeout=120)
+    images.insert(project=LOCAL_PROJECT, image_resource=image).result(timeout=120)
 
 
 def invoke(cloud, *args, timeout=600):
@@ -180,7 +178,7 @@ def test_one_megabyte_value_is_refused_before_any_instance(cloud):
 
 
 @pytest.mark.parametrize(("index", "key_value"), list(enumerate(HOSTILE)))
-def test_hostile_metadata_fails_cleanly(cloud, index, key_value):
+def test_hostile_metadata_fails_cleanly(cloud, index, key_value, monkeypatch):
     from survival.instance_spec import JobSpec, MachineSpec, build_instance
     from survival.progress import open_job_dir
 
@@ -197,15 +195,18 @@ def test_hostile_metadata_fails_cleanly(cloud, index, key_value):
     machine = MachineSpec("us-central1-a", "n1-standard-4", "nvidia-tesla-t4", 0, "spot", image,
                           10, "default", ("scope",))  # fmt: skip
     body = build_instance(machine, job, {key: template.format(marker=marker)})
-    os.environ["STORAGE_EMULATOR_HOST"] = cloud["endpoints"]["storage"]
+    # open_job_dir reads gs:// through google-cloud-storage, configured from the environment.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", cloud["endpoints"]["storage"])
     compute.insert_instance("us-central1-a", body)
     job_dir = open_job_dir(job.job_dir)
-    import time
-
-    deadline = time.monotonic() + 120
-    while job_dir.failed() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    failed = job_dir.failed()
+    failed = wait_for(
+        job_dir.failed,
+        120,
+        what=lambda: (
+            f"FAILED in {job.job_dir}; serial:\n"
+            + compute.serial_output("us-central1-a", name)[0][-2000:]
+        ),
+    )
     assert failed is not None, compute.serial_output("us-central1-a", name)[0][-2000:]
     assert "validation error" in failed["reason"] and key in failed["reason"]
     serial = compute.serial_output("us-central1-a", name)[0]
@@ -290,20 +291,28 @@ def test_instance_resource_captured_at_localgce(cloud, provisioning, gpus):
 
 
 def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
-    import time
-
     # keep-alive: the VM stays RUNNING (with its sshd) after the job is DONE.
     started = invoke(
         cloud, "train", "--branch", "exp1", "--example", "sklearn_digits", "--name", "sshjob",
         "--train-steps", "20", "--checkpoint-steps", "10", "--keep-alive", "--no-follow",
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
-    deadline = time.monotonic() + 180
-    while True:
-        result = invoke(cloud, "ssh-logs", "sshjob")
-        if "INFO trainer: DONE" in result.stdout or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    seen = []
+
+    def logs_once_done():
+        seen.append(invoke(cloud, "ssh-logs", "sshjob"))
+        return seen[-1] if "INFO trainer: DONE" in seen[-1].stdout else None
+
+    result = wait_for(
+        logs_once_done,
+        180,
+        what=lambda: (
+            f"DONE in `invoke ssh-logs sshjob`; last:\n{seen[-1].stdout[-2000:]}"
+            f"{seen[-1].stderr[-2000:]}"
+        ),
+        first_delay_seconds=1,
+        max_delay_seconds=1,
+    )
     assert result.returncode == 0, result.stderr
     assert "falling back" not in result.stdout, result.stdout[-2000:]
     assert "INFO trainer: DONE" in result.stdout
@@ -317,9 +326,7 @@ def test_ssh_logs_over_fabric_then_serial_fallback(cloud):
     assert sshd_pids, f"nothing listens on the published ssh port {port}"
     for pid in sshd_pids:
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while _listening_pids(port) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not _listening_pids(port), 30, what=f"nothing listening on port {port}")
     assert not _listening_pids(port), "sshd still listening after SIGKILL"
     fallback = invoke(cloud, "ssh-logs", "sshjob")
     assert fallback.returncode == 0, fallback.stderr

@@ -1,4 +1,5 @@
-"""survival.images against localgce, through google-cloud-compute (fidelity, not internals)."""
+"""The image verbs of the Compute adaptor and survival.images' table, against localgce, through
+google-cloud-compute (fidelity, not internals)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import sys
 import pytest
 
 from localgce import daemon
-from localgce.client import compute_client_options, ensure_running
+from localgce.client import ensure_running
 from survival import bake
-from survival.images import FamilyImages, ImageError, format_table
+from survival.backend import compute_for
+from survival.errors import ImageError
+from survival.images import format_table
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +21,7 @@ def store(tmp_path_factory):
     state_dir = tmp_path_factory.mktemp("localgce-images")
     endpoints = ensure_running(state_dir, ssh_enabled=False)
     try:
-        yield FamilyImages(bake.LOCAL_PROJECT, **compute_client_options(endpoints)), state_dir
+        yield compute_for(bake.LOCAL_PROJECT, endpoints), state_dir
     finally:
         daemon.stop(state_dir)
 
@@ -33,23 +36,23 @@ def image_dir(tmp_path, name):
 def test_list_newest_first_deprecate_and_family_lookup(store, tmp_path):
     images, _ = store
     for name in ("fam-a-20260101000000", "fam-a-20260102000000", "fam-a-20260103000000"):
-        images.insert_local(name, "fam-a", image_dir(tmp_path, name), {"k": "v"})
-    images.insert_local("other-20260101000000", "other", image_dir(tmp_path, "o"))
+        images.insert_local_image(name, "fam-a", image_dir(tmp_path, name), {"k": "v"})
+    images.insert_local_image("other-20260101000000", "other", image_dir(tmp_path, "o"))
 
-    listed = images.list("fam-a")
+    listed = images.list_images("fam-a")
     assert [i.name for i in listed] == [
         "fam-a-20260103000000",
         "fam-a-20260102000000",
         "fam-a-20260101000000",
     ]
     assert listed[0].labels == {"k": "v"}
-    assert images.newest("fam-a").name == "fam-a-20260103000000"
+    assert images.newest_image("fam-a").name == "fam-a-20260103000000"
 
-    images.deprecate("fam-a-20260103000000", replacement="fam-a-20260102000000")
-    listed = images.list("fam-a")
+    images.deprecate_image("fam-a-20260103000000", replacement="fam-a-20260102000000")
+    listed = images.list_images("fam-a")
     assert listed[0].deprecated and listed[0].deprecated_state == "DEPRECATED"
     assert not listed[1].deprecated
-    assert images.newest("fam-a").name == "fam-a-20260102000000"
+    assert images.newest_image("fam-a").name == "fam-a-20260102000000"
 
     table = format_table(listed, "fam-a")
     rows = table.splitlines()
@@ -59,11 +62,11 @@ def test_list_newest_first_deprecate_and_family_lookup(store, tmp_path):
 
 def test_missing_things_say_what_to_do(store):
     images, _ = store
-    assert images.newest("no-such-family") is None
-    assert images.list("no-such-family") == []
+    assert images.newest_image("no-such-family") is None
+    assert images.list_images("no-such-family") == []
     assert "bake one with `invoke bake-image`" in format_table([], "no-such-family")
     with pytest.raises(ImageError, match="invoke images"):
-        images.deprecate("no-such-image")
+        images.deprecate_image("no-such-image")
 
 
 def test_register_entry_point_registers_a_local_image(store, tmp_path, capsys):
@@ -74,7 +77,7 @@ def test_register_entry_point_registers_a_local_image(store, tmp_path, capsys):
          "--family", "reg", "--source", source, "--label", "survival-kit-commit=abc"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    found = images.newest("reg")
+    found = images.newest_image("reg")
     assert found.name == "reg-20260101000000"
     assert found.labels == {"survival-kit-commit": "abc"}
     # Registering the same name again is refused with a one-line reason.

@@ -1,5 +1,6 @@
 """The kit waits for RUNNING operations through an operations client on *its* endpoint
-(gce-semantics §4.4): against localgce with slow operations, nothing may reach for Google."""
+(docs/gce-behaviour.md, "Waiting on operations from Python"): against localgce with slow
+operations, nothing may reach for Google."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import pytest
 from localgce import daemon
 from localgce.client import compute_client_options, ensure_running
 from survival.gce import GoogleCompute
-from survival.images import FamilyImages
 
 PROJECT = "ops-project"
 ZONE = "us-central1-a"
@@ -55,13 +55,12 @@ def test_slow_image_and_instance_operations_are_waited_for_on_our_endpoint(
     image_dir.mkdir()
     os.symlink(sys.prefix, image_dir / "venv")
 
-    images = FamilyImages(PROJECT, **options, poll_seconds=0.1)
-    started = time.monotonic()
-    images.insert_local("ops-img-1", "ops-family", str(image_dir))
-    assert time.monotonic() - started >= DELAY_SECONDS  # it really waited for RUNNING → DONE
-    assert images.newest("ops-family").name == "ops-img-1"
-
     compute = GoogleCompute(PROJECT, client_kwargs=options, poll_seconds=0.1)
+    started = time.monotonic()
+    compute.insert_local_image("ops-img-1", "ops-family", str(image_dir))
+    assert time.monotonic() - started >= DELAY_SECONDS  # it really waited for RUNNING → DONE
+    assert compute.newest_image("ops-family").name == "ops-img-1"
+
     body = _spot_vm("ops-vm", "ops-img-1")
     started = time.monotonic()
     compute.insert_instance(ZONE, body)
@@ -93,12 +92,10 @@ def test_preempting_a_stopped_vm_is_an_error_not_a_success(slow_cloud, tmp_path)
     image_dir = tmp_path / "image"
     image_dir.mkdir()
     os.symlink(sys.prefix, image_dir / "venv")
-    FamilyImages(PROJECT, **options, poll_seconds=0.1).insert_local(
-        "ops-img-2", "f2", str(image_dir)
-    )
     compute = GoogleCompute(
         PROJECT, client_kwargs=options, extension_url=slow_cloud["compute"], poll_seconds=0.1
     )
+    compute.insert_local_image("ops-img-2", "f2", str(image_dir))
     body = _spot_vm("ops-pre", "ops-img-2")
     compute.insert_instance(ZONE, body)
     compute.stop_instance(ZONE, "ops-pre")

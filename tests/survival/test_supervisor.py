@@ -1,5 +1,6 @@
-"""The supervisor against a fake cloud and a fake job dir: restarts, zone moves, DONE, FAILED,
-chaos. No sleeping: the clock and sleep are injected."""
+"""The supervisor (and the placement it shares with the launch) against a fake cloud and a fake
+job dir: restarts, zone moves, DONE, FAILED, chaos. No sleeping: the clock and sleep are
+injected."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 from survival.chaos import Chaos
 from survival.compute import InstanceInfo
-from survival.errors import CapacityError
+from survival.errors import CapacityError, NoCapacityError, TransientError
+from survival.placement import place, zones_from
 from survival.supervisor import JobFailed, Supervisor, Timing
 
 
@@ -190,3 +192,39 @@ def test_chaos_plan_spreads_targets():
     assert len(plan.targets) == 2 and plan.targets[0] < plan.targets[1]
     assert all(15 <= t <= 75 for t in plan.targets)
     assert Chaos.plan(0, 100, random.Random(1)).targets == []
+
+
+def test_zones_from_puts_the_first_zone_first_and_keeps_the_order():
+    assert zones_from("z-b", ("z-a", "z-b", "z-c")) == ("z-b", "z-a", "z-c")
+    assert zones_from("z-x", ("z-a", "z-b")) == ("z-x", "z-a", "z-b")
+    assert zones_from(None, ("z-a", "z-b")) == ("z-a", "z-b")
+
+
+def test_place_takes_the_first_zone_with_capacity_or_raises_no_capacity():
+    compute = FakeCompute(full_zones={"z-a"})
+    lines = []
+    assert place(compute, ("z-a", "z-b"), lambda zone: {"name": "job"}, lines.append) == "z-b"
+    assert lines == ["no capacity in z-a (ZONE_RESOURCE_POOL_EXHAUSTED); trying the next zone"]
+    compute.full_zones = {"z-a", "z-b"}
+    with pytest.raises(NoCapacityError, match=r"no capacity in any of z-a, z-b \(ZONE_RES"):
+        place(compute, ("z-a", "z-b"), lambda zone: {"name": "other"}, lines.append)
+    # The launch shows it as a one-line error; the supervisor retries it like any transient one.
+    assert issubclass(NoCapacityError, TransientError)
+
+
+def test_no_zone_with_capacity_backs_off_until_one_has_some():
+    compute, job = FakeCompute(full_zones={"z-a", "z-b"}), FakeJobDir()
+    compute.instances[("z-a", "job")] = "TERMINATED"
+    sup, lines, clock = make(compute, job)
+
+    def world(c):
+        if clock.now > 5:
+            c.full_zones = set()
+        if "RUNNING" in c.instances.values():
+            job.done_marker = {"steps": 1}
+
+    compute.on_get = [world] * 50
+    outcome = sup.run()
+    assert outcome.progress.done == {"steps": 1} and outcome.restarts == 1
+    assert any("no capacity in any of z-b, z-a" in line for line in lines), lines
+    assert any(line.startswith("supervisor: created job in z-") for line in lines)

@@ -1,0 +1,256 @@
+"""The Invoke tasks: names, flags and help. Each body calls into survival/cli.py, imported inside
+the task so `invoke --list` imports nothing heavy (no cloud SDK, no localgce client).
+
+Settings come from the `survival:` section of invoke.yaml, INVOKE_SURVIVAL_* env vars and flags;
+`ns.configure` below supplies the code defaults.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection, task
+
+from survival.config import DEFAULTS
+from survival.request import TrainRequest
+
+_STATE_DIR_HELP = "localgce state dir (default: survival.local_state_dir, i.e. .localgce)"
+_BACKEND_HELP = "local or gce; default survival.backend"
+
+
+# --- localgce --------------------------------------------------------------------------------
+@task(
+    name="start",
+    help={
+        "state_dir": _STATE_DIR_HELP,
+        "grace_spot_seconds": "Spot/preemptible shutdown window (default 30, GCE's value)",
+        "grace_standard_seconds": "standard VM shutdown window (default 120, GCE's value)",
+        "maintenance_notice_seconds": "maintenance-event notice before the stop (default 3600)",
+        "preemption_rate_per_hour": "random preemptions per Spot VM per hour (default 0: none)",
+        "no_ssh": "do not run a per-instance sshd (default: run one when sshd is installed)",
+    },
+)
+def localgce_start(
+    c,
+    state_dir=None,
+    grace_spot_seconds=None,
+    grace_standard_seconds=None,
+    maintenance_notice_seconds=None,
+    preemption_rate_per_hour=None,
+    no_ssh=False,
+):
+    """Start the local Compute Engine emulator in the background (no-op if it runs)."""
+    from survival import cli
+
+    knobs = {
+        "grace_spot_seconds": grace_spot_seconds,
+        "grace_standard_seconds": grace_standard_seconds,
+        "maintenance_notice_seconds": maintenance_notice_seconds,
+        "preemption_rate_per_hour": preemption_rate_per_hour,
+    }
+    cli.localgce_start(c, state_dir, knobs, ssh=not no_ssh)
+
+
+@task(name="stop", help={"state_dir": _STATE_DIR_HELP})
+def localgce_stop(c, state_dir=None):
+    """Stop the emulator and every instance process it runs."""
+    from survival import cli
+
+    cli.localgce_stop(c, state_dir)
+
+
+@task(name="status", help={"state_dir": _STATE_DIR_HELP})
+def localgce_status(c, state_dir=None):
+    """Show the emulator's endpoints, or fail if it is not running."""
+    from survival import cli
+
+    cli.localgce_status(c, state_dir)
+
+
+# --- jobs ------------------------------------------------------------------------------------
+@task(name="config")
+def survival_config(c):
+    """Print the effective survival settings and where each came from."""
+    from survival import cli
+
+    cli.show_config(c)
+
+
+@task(help={"branch": "trainer-repo branch to push the snapshot to (required), e.g. exp1"})
+def push_code(c, branch):
+    """Snapshot the working tree (uncommitted changes too) as a commit on BRANCH of the repo."""
+    from survival import cli
+
+    cli.push_code(c, branch)
+
+
+@task(
+    iterable=["hparam"],
+    help={
+        "branch": "trainer-repo branch to push and train (required), e.g. exp1",
+        "example": "trainer to run: keras_digits (default) or sklearn_digits",
+        "train_steps": "total training steps (default 300)",
+        "checkpoint_steps": "periodic checkpoint every K steps (default 50)",
+        "seed": "random seed; the same seed gives the same model (default 0)",
+        "hparam": "hyperparameter NAME=VALUE (number, true/false or a word); repeatable",
+        "name": "job and instance name (default: BRANCH-UTCDATE-TIME)",
+        "zone": "zone to try first (default: survival.zones in order)",
+        "gpu": "GPUs as TYPE:COUNT, e.g. nvidia-tesla-t4:1, or none (default: survival.gpu_*)",
+        "machine_type": "machine type (default: survival.machine_type)",
+        "provisioning": "spot | preemptible | standard (default: survival.provisioning)",
+        "follow": "supervise until DONE: stream logs, restart after preemptions (default on)",
+        "chaos": "preempt the instance N times at random steps, to rehearse (default 0)",
+        "push": "push the working tree first (default on); --no-push trains the pushed branch",
+        "keep_alive": "leave the VM running after the job ends (default off)",
+    },
+)
+def train(
+    c,
+    branch,
+    example="keras_digits",
+    train_steps=300,
+    checkpoint_steps=50,
+    seed=0,
+    hparam=None,
+    name=None,
+    zone=None,
+    gpu=None,
+    machine_type=None,
+    provisioning=None,
+    follow=True,
+    chaos=0,
+    push=True,
+    keep_alive=False,
+):
+    """Push the code, launch a Spot VM that trains BRANCH, and bring it back until DONE."""
+    from survival import cli
+
+    request = TrainRequest(
+        branch=branch, example=example, train_steps=train_steps,
+        checkpoint_steps=checkpoint_steps, seed=seed, hparams=tuple(hparam or ()), name=name,
+        zone=zone, gpu=gpu, machine_type=machine_type, provisioning=provisioning, follow=follow,
+        chaos=chaos, push=push, keep_alive=keep_alive,
+    )  # fmt: skip
+    cli.train(c, request)
+
+
+@task(help={"name": "job name (see `invoke status`)"})
+def watch(c, name):
+    """Supervise a job started with --no-follow: restart it after preemptions until DONE."""
+    from survival import cli
+
+    cli.watch(c, name)
+
+
+@task(
+    name="ssh-logs",
+    positional=["name"],
+    help={
+        "name": "job name (see `invoke status`)",
+        "follow": "keep streaming new lines (tail -F) until Ctrl-C",
+    },
+)
+def ssh_logs(c, name, follow=False):
+    """Show the trainer log over SSH (Fabric); falls back to the serial console."""
+    from survival import cli
+
+    cli.ssh_logs(c, name, follow)
+
+
+@task
+def status(c):
+    """Table of jobs: zone, status, model, step, attempts, preemptions, checkpoint age, cost."""
+    from survival import cli
+
+    cli.status(c)
+
+
+@task(help={"name": "job name to preempt now"})
+def preempt(c, name):
+    """Preempt a job's instance now (localgce preempt; GCE simulateMaintenanceEvent)."""
+    from survival import cli
+
+    cli.preempt(c, name)
+
+
+# Invoke has no optional positionals, so NAME and --all share one argument: `invoke down NAME`
+# fills it positionally, and a bare `--all` (its value is optional) arrives as True. Invoke strips
+# the trailing underscore of `all_` from the flag name, so the flag is --all without the
+# parameter shadowing the builtin.
+@task(
+    positional=["all_"],
+    optional=["all_"],
+    help={"all_": "job NAME to delete (positional), or --all for every job instance"},
+)
+def down(c, all_=None):
+    """Delete a job's instance (NAME or --all); job dirs and checkpoints are kept."""
+    from survival import cli
+
+    cli.down(c, None if all_ is True else all_, all_ is True)
+
+
+@task(
+    name="plot",
+    help={"name": "job name", "output": "PNG path (default NAME-timeline.png)"},
+)
+def jobs_plot(c, name, output=None):
+    """Write a PNG timeline of loss vs step with preemptions and restarts marked."""
+    from survival import cli
+
+    cli.plot(c, name, output)
+
+
+# --- images ----------------------------------------------------------------------------------
+@task(
+    help={
+        "backend": "local (a localgce image directory, CPU build) or gce (a GPU image on GCE); "
+        "default survival.backend",
+        "family": "image family to add the image to; default survival.image_family",
+        "gpu": "GPU of the gce build VM as TYPE:COUNT (e.g. nvidia-tesla-t4:1) or none; "
+        "default survival.gpu_type:survival.gpu_count",
+        "source_family": "gce base image family: debian-12 (default) or ubuntu-2204-lts",
+        "os_login": "connect the gce build VM through OS Login (default off)",
+        "dry_run": "print the packer commands and variables only; run nothing",
+    }
+)
+def bake_image(c, backend=None, family=None, gpu=None, source_family="debian-12", os_login=False,
+               dry_run=False):  # fmt: skip
+    """Bake the training image with Packer (validate, build) and print its name and family."""
+    from survival import cli
+
+    cli.bake_image(c, backend=backend, family=family, gpu=gpu, source_family=source_family,
+                   os_login=os_login, dry_run=dry_run)  # fmt: skip
+
+
+@task(
+    name="list",
+    default=True,
+    help={"family": "family to list; default survival.image_family", "backend": _BACKEND_HELP},
+)
+def images_list(c, family=None, backend=None):
+    """List the family's images, newest first, deprecated ones marked."""
+    from survival import cli
+
+    cli.images_list(c, family, backend)
+
+
+@task(
+    help={
+        "name": "the image to deprecate",
+        "replacement": "image users should take instead (default: none named)",
+        "backend": _BACKEND_HELP,
+    }
+)
+def images_deprecate(c, name, replacement="", backend=None):
+    """Deprecate image NAME so the family's newest-image lookup skips it."""
+    from survival import cli
+
+    cli.images_deprecate(c, name, replacement, backend)
+
+
+ns = Collection()
+ns.configure({"survival": DEFAULTS})
+ns.add_collection(Collection("localgce", localgce_start, localgce_stop, localgce_status))
+for _task in (survival_config, push_code, train, watch, ssh_logs, status, preempt, down,
+              bake_image):  # fmt: skip
+    ns.add_task(_task)
+ns.add_collection(Collection("jobs", jobs_plot))
+ns.add_collection(Collection("images", images_list, deprecate=images_deprecate))
