@@ -23,7 +23,7 @@ def tool(name: str) -> str:
 
 @pytest.mark.parametrize("folder", ["provisioning", "startup", "scripts"])
 def test_shellcheck_is_clean(folder):
-    """Issue 5: shellcheck reports nothing for provisioning/ and startup/ (and make's helper)."""
+    """shellcheck reports nothing for provisioning/ and startup/ (and make's helper)."""
     scripts = sorted(str(p) for p in (REPO / folder).glob("*.sh"))
     assert scripts, f"no shell scripts found in {folder}/"
     result = subprocess.run(
