@@ -4,6 +4,9 @@
     instances = compute_v1.InstancesClient(**compute_client_options(endpoints))
 
 Only the standard library is imported here; google-auth is imported lazily for the credentials.
+
+Every call to the compute endpoint carries `Authorization: Bearer <token>`; the token is in
+STATE_DIR/token (0600), next to endpoints["git"] (docs/localgce.md, "Access control").
 """
 
 from __future__ import annotations
@@ -45,6 +48,21 @@ def ensure_running(
     return endpoints
 
 
+def api_token(endpoints: dict) -> str:
+    """The daemon's API token: endpoints["token"] if given, else STATE_DIR/token."""
+    if endpoints.get("token"):
+        return endpoints["token"]
+    token = daemon.read_token(Path(endpoints["git"]).parent)
+    if token is None:
+        raise NotRunning(f"no localgce API token next to {endpoints['git']}")
+    return token
+
+
+def extension_headers(endpoints: dict) -> dict[str, str]:
+    """Headers for a direct HTTP call to the compute endpoint (the emulator-only extensions)."""
+    return {"Authorization": f"Bearer {api_token(endpoints)}"}
+
+
 def set_config(endpoints: dict, **knobs) -> dict:
     """POST /localgce/v1/config with snake_case knobs; returns the knobs now in force."""
     body = json.dumps(knobs_json(knobs)).encode()
@@ -52,18 +70,19 @@ def set_config(endpoints: dict, **knobs) -> dict:
         f"{endpoints['compute']}/localgce/v1/config",
         data=body,
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **extension_headers(endpoints)},
     )
     with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
         return json.load(resp)
 
 
 def compute_client_options(endpoints: dict) -> dict:
-    """Keyword arguments for any google.cloud.compute_v1 client: REST, anonymous, our endpoint."""
-    from google.auth.credentials import AnonymousCredentials
+    """Keyword arguments for any google.cloud.compute_v1 client: REST, our endpoint, and
+    credentials that send the daemon's token (they never expire, so they never refresh)."""
+    from google.oauth2.credentials import Credentials
 
     return {
-        "credentials": AnonymousCredentials(),
+        "credentials": Credentials(api_token(endpoints)),
         "client_options": {"api_endpoint": endpoints["compute"]},
         "transport": "rest",
     }

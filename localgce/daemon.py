@@ -1,9 +1,11 @@
 """The localgce daemon: `serve` in the foreground, `start` (daemonized), `stop`, `status`.
 
 `serve` holds an exclusive lock on STATE_DIR/daemon.lock for its lifetime (one daemon per state
-dir), starts fake-gcs-server and the compute endpoint on 127.0.0.1, reboots instances that were
-RUNNING, and only then writes STATE_DIR/endpoints.json. SIGTERM/SIGINT stop every instance's
-processes, fake-gcs-server, and remove endpoints.json.
+dir), makes the state dir private (0700), writes a new API token to STATE_DIR/token (0600), starts
+fake-gcs-server and the compute endpoint on 127.0.0.1, reboots instances that were RUNNING, and
+only then writes STATE_DIR/endpoints.json. SIGTERM/SIGINT stop every instance's processes,
+fake-gcs-server, and remove endpoints.json. Every child process is recorded (procs.py) so that
+the next start or stop ends what a daemon killed with SIGKILL left behind.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import urllib.request
 from dataclasses import fields
 from pathlib import Path
 
-from localgce import procs
+from localgce import auth, procs
 from localgce.app import build_router
 from localgce.config import Knobs, knob_flag, knobs_json, snake
 from localgce.httpserver import start_server
@@ -48,7 +50,10 @@ class DaemonError(RuntimeError):
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(fd, "w") as fh:
+        fh.write(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
 
 
@@ -56,7 +61,9 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
     """Run in the foreground until SIGTERM/SIGINT. `knobs` (snake_case or camelCase names)
     override the saved ones."""
     state_dir = Path(state_dir).resolve()
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Disks, shims (with their shutdown secrets), the token: nobody else's business.
+    state_dir.chmod(0o700)
     lock = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the daemon's lifetime
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,6 +73,13 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
             f"`python -m localgce stop --state-dir {state_dir}`"
         ) from None
     (state_dir / "git").mkdir(exist_ok=True)
+    # A daemon killed with SIGKILL leaves its children behind: end them before starting new ones.
+    swept = procs.sweep_children(state_dir)
+    if swept:
+        log.info("killed %d processes left by an earlier daemon: %s", len(swept), swept)
+    procs.record_children_in(state_dir)
+    token = auth.new_token()
+    auth.write_token(state_dir, token)
     store = Store(state_dir)
     store.load()
     if knobs:
@@ -84,7 +98,7 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
     compute = None
     try:
         router = build_router(store, lifecycle, endpoints)
-        compute = start_server(router.dispatch, name="compute")
+        compute = start_server(auth.ApiGate(router.dispatch, store, token), name="compute")
         endpoints["compute"] = compute.url
         lifecycle.resume()
         _write_json_atomic(
@@ -110,6 +124,8 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
         if compute is not None:
             compute.stop()
         storage.stop()
+        procs.sweep_children(state_dir)
+        procs.record_children_in(None)
         lock.close()
     return 0
 
@@ -129,10 +145,23 @@ def read_endpoints(state_dir: Path) -> dict | None:
         return None
 
 
-def healthy(endpoints: dict) -> bool:
+def read_token(state_dir: Path) -> str | None:
+    """The API token of the daemon serving `state_dir` (None before its first start)."""
+    return auth.read_token(Path(state_dir))
+
+
+def healthy(endpoints: dict, token: str | None = None) -> bool:
+    """Does the daemon of `endpoints` answer? `token`: its API token (default: read from the
+    state dir that holds endpoints["git"])."""
+    if token is None:
+        token = read_token(Path(endpoints.get("git", ".")).parent) or ""
+    request = urllib.request.Request(  # noqa: S310 - our own loopback URL
+        f"{endpoints.get('compute')}/localgce/v1/health",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(  # noqa: S310 - our own loopback URL
-            f"{endpoints['compute']}/localgce/v1/health", timeout=HEALTH_TIMEOUT_SECONDS
+            request, timeout=HEALTH_TIMEOUT_SECONDS
         ) as resp:
             return resp.status == 200 and json.load(resp).get("pid") == endpoints.get("pid")
     except (urllib.error.URLError, OSError, ValueError, KeyError):
@@ -142,7 +171,11 @@ def healthy(endpoints: dict) -> bool:
 def status(state_dir: Path) -> dict | None:
     """The endpoints of a healthy daemon serving `state_dir`, or None."""
     endpoints = read_endpoints(state_dir)
-    if endpoints and pid_alive(endpoints.get("pid", 0)) and healthy(endpoints):
+    if (
+        endpoints
+        and pid_alive(endpoints.get("pid", 0))
+        and healthy(endpoints, read_token(state_dir) or "")
+    ):
         return endpoints
     return None
 
@@ -194,7 +227,11 @@ def start(
     deadline = time.monotonic() + timeout_seconds
     while time.monotonic() < deadline:
         endpoints = read_endpoints(state_dir)
-        if endpoints and endpoints.get("pid") == process.pid and healthy(endpoints):
+        if (
+            endpoints
+            and endpoints.get("pid") == process.pid
+            and healthy(endpoints, read_token(state_dir) or "")
+        ):
             return endpoints
         if process.poll() is not None:
             raise DaemonError(
@@ -225,6 +262,8 @@ def stop(state_dir: Path, timeout_seconds: float = STOP_TIMEOUT_SECONDS) -> bool
     # Whatever happened to the daemon, no guest process of this state dir may survive it.
     tag = daemon_tag(state_dir)
     procs.kill_everything([], procs.marker_bytes(f"{tag}:"), prefix_only=True)
+    if not pid_alive(pid):
+        procs.sweep_children(state_dir)
     if not pid_alive(pid):
         (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
     return was_running

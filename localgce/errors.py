@@ -4,11 +4,13 @@ from __future__ import annotations
 
 HTTP_REASON_PHRASES = {
     400: "BAD REQUEST",
+    401: "UNAUTHORIZED",
     403: "FORBIDDEN",
     404: "NOT FOUND",
     405: "METHOD NOT ALLOWED",
     409: "CONFLICT",
     412: "PRECONDITION FAILED",
+    415: "UNSUPPORTED MEDIA TYPE",
     500: "INTERNAL SERVER ERROR",
     503: "SERVICE UNAVAILABLE",
 }
@@ -18,6 +20,12 @@ class ApiError(Exception):
     """Answered as `{"error": {"code", "message", "errors": [...]}}` (docs/gce-behaviour.md,
     "API errors")."""
 
+    # Set on the errors Google's front end answers itself (401/403 on credentials): the
+    # canonical status name, google.rpc details, and the header the error is about.
+    status_name: str | None = None
+    details: list | None = None
+    location: str | None = None
+
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
         self.status = status
@@ -25,13 +33,15 @@ class ApiError(Exception):
         self.message = message
 
     def body(self) -> dict:
-        return {
-            "error": {
-                "code": self.status,
-                "message": self.message,
-                "errors": [{"message": self.message, "domain": "global", "reason": self.reason}],
-            }
-        }
+        item = {"message": self.message, "domain": "global", "reason": self.reason}
+        if self.location:
+            item.update(location=self.location, locationType="header")
+        error = {"code": self.status, "message": self.message, "errors": [item]}
+        if self.status_name:
+            error["status"] = self.status_name
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
 
 
 def not_found(resource_path: str) -> ApiError:

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from localgce import procs
 from localgce.serial import SerialPort
 
 log = logging.getLogger("localgce.guest")
@@ -50,20 +51,30 @@ name = os.path.basename(sys.argv[0])
 action = "reboot" if name == "reboot" or "-r" in args or "--reboot" in args else "poweroff"
 request = urllib.request.Request(
     "{metadata_url}/localgce/v1/guest/shutdown?action=" + action,
-    data=b"", method="POST", headers={{"Metadata-Flavor": "Google"}},
+    data=b"", method="POST",
+    headers={{"Metadata-Flavor": "Google", "X-Localgce-Shutdown-Secret": "{secret}"}},
 )
 urllib.request.urlopen(request, timeout=30).read()
 print("localgce: " + action + " requested; the instance is going down", file=sys.stderr)
 '''
 
 
-def write_shims(bin_dir: Path, metadata_url: str) -> None:
-    """(Re)write the guest's shutdown/poweroff/halt/reboot shims for this boot's metadata URL."""
+def write_shims(bin_dir: Path, metadata_url: str, secret: str) -> None:
+    """(Re)write the guest's shutdown/poweroff/halt/reboot shims for this boot's metadata URL.
+    They hold the boot's shutdown secret, so they are the owner's alone (0700, never wider)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     for name in SHIM_NAMES:
         path = bin_dir / name
-        path.write_text(_SHIM.format(python=sys.executable, name=name, metadata_url=metadata_url))
-        path.chmod(0o755)
+        tmp = bin_dir / f".{name}.tmp"
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700)
+        with open(fd, "w") as fh:
+            fh.write(
+                _SHIM.format(
+                    python=sys.executable, name=name, metadata_url=metadata_url, secret=secret
+                )
+            )
+        os.replace(tmp, path)
 
 
 def guest_env(
@@ -254,6 +265,7 @@ class GuestAgent:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        procs.track(proc.pid)
         groups.append(proc.pid)
         self.on_group(proc.pid)
         reader = threading.Thread(
@@ -261,6 +273,7 @@ class GuestAgent:
         )
         reader.start()
         status = proc.wait()
+        procs.untrack(proc.pid)
         reader.join(timeout=OUTPUT_DRAIN_SECONDS)
         return status
 

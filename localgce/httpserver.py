@@ -33,6 +33,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    local_port: int = 0  # the port the request arrived on (the Host check needs it)
 
     def json(self) -> dict:
         if not self.body.strip():
@@ -85,7 +86,8 @@ def _compile(pattern: str) -> re.Pattern:
 
 
 def error_response(err: ApiError) -> Response:
-    return Response(status=err.status, body=err.body())
+    headers = {"WWW-Authenticate": 'Bearer realm="localgce"'} if err.status == 401 else {}
+    return Response(status=err.status, body=err.body(), headers=headers)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -113,6 +115,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=query,
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            local_port=self.server.server_address[1],
         )
         try:
             resp = self.app(req)

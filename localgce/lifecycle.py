@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import secrets
 import shutil
 import signal
 import threading
@@ -211,15 +212,18 @@ class Lifecycle:
             m.marker = f"{self.tag}:{rec.resource['id']}:{boot_number}:"
             m.groups = []
             self._set(key, status=Status.STAGING)
+            shutdown_secret = secrets.token_hex(16)
             m.metadata_app = MetadataServer(
                 self.store,
                 tree=lambda: build_tree(self.store, key),
                 guest_shutdown=lambda action: self.guest_shutdown(key, action),
+                key=key,
+                shutdown_secret=shutdown_secret,
             )
             m.metadata = start_server(m.metadata_app, name=f"metadata-{key.name}")
             hostport = f"127.0.0.1:{m.metadata.port}"
             bin_dir = inst_dir / "guest-bin"
-            write_shims(bin_dir, m.metadata.url)
+            write_shims(bin_dir, m.metadata.url, shutdown_secret)
             env = guest_env(
                 disk=disk,
                 bin_dir=bin_dir,

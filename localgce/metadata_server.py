@@ -1,24 +1,32 @@
 """One instance's metadata server (`/computeMetadata/v1/`), with GCE's rules
 (docs/gce-behaviour.md, "Metadata server").
 
-- `Metadata-Flavor: Google` is required (403 with GCE's HTML text otherwise) and returned;
+- `Metadata-Flavor: Google` (exactly that value) is required (403 with GCE's HTML text
+  otherwise) and returned;
   any request with X-Forwarded-For is refused (403).
 - Paths ending in `/` are directory listings; `?recursive=true` answers the subtree as JSON with
   camelCase keys (user-controlled keys such as attributes keep their spelling); `alt=json|text`.
 - `wait_for_change=true` with `last_etag`/`timeout_sec` holds the request until the answer's ETag
   changes (woken by Store.changed), 400 on a plain directory listing and on the token URL.
 - Emulator-only: `POST /localgce/v1/guest/shutdown?action=poweroff|reboot`, used by the guest's
-  shutdown shims (guest.py) to run the guest-initiated shutdown path.
+  shutdown shims (guest.py) to run the guest-initiated shutdown path. It needs this boot's secret
+  in `X-Localgce-Shutdown-Secret`; only the shims (mode 0700) hold it, so no other local process
+  can power the VM off.
+- Tokens from `service-accounts/…/token` are remembered with their instance: the compute endpoint
+  accepts them when the VM's scopes allow (auth.py).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable
 
+from localgce.auth import GUEST_TOKEN_PREFIX, issue_guest_token
 from localgce.config import camel
 from localgce.errors import ApiError
 from localgce.httpserver import Request, Response
@@ -106,11 +114,16 @@ class MetadataServer:
         tree: Callable[[], dict],
         guest_shutdown: Callable[[str], None],
         max_wait_seconds: float = MAX_WAIT_SECONDS,
+        *,
+        key: InstanceKey | None = None,
+        shutdown_secret: str = "",
     ):
         self.store = store
         self.tree = tree
         self.guest_shutdown = guest_shutdown
         self.max_wait_seconds = max_wait_seconds
+        self.key = key  # whose tokens these are; None: tokens the compute API never accepts
+        self.shutdown_secret = shutdown_secret  # "": guest shutdown refused
         self.closed = False
 
     def close(self) -> None:
@@ -122,7 +135,9 @@ class MetadataServer:
     def __call__(self, req: Request) -> Response:
         if "x-forwarded-for" in req.headers:
             return self._forbidden(req, "Request with X-Forwarded-For header is not allowed.\n")
-        if req.headers.get("metadata-flavor", "").lower() != "google":
+        # Exactly the documented value: google-auth sends "Google", and nothing published says
+        # the real server accepts another spelling (docs/gce-behaviour.md, "Metadata server").
+        if req.headers.get("metadata-flavor", "").strip() != "Google":
             return self._forbidden(req, FORBIDDEN_HTML.format(path=req.path), "text/html")
         try:
             if req.path == "/localgce/v1/guest/shutdown":
@@ -160,6 +175,11 @@ class MetadataServer:
     def _guest_shutdown(self, req: Request) -> Response:
         if req.method != "POST":
             return self._reply(405, "use POST\n")
+        presented = req.headers.get("x-localgce-shutdown-secret", "")
+        if not self.shutdown_secret or not hmac.compare_digest(
+            presented.encode(), self.shutdown_secret.encode()
+        ):
+            return self._reply(403, "only this instance's shutdown shims may shut it down\n")
         action = req.query.get("action", "poweroff")
         if action not in ("poweroff", "reboot"):
             return self._reply(400, "action must be poweroff or reboot\n")
@@ -266,8 +286,12 @@ class MetadataServer:
         if node.name == "token":
             if query.get("enforce_scopes", "true").lower() in ("false", "0"):
                 return self._reply(400, "enforce_scopes must be true when given\n")
+            if self.key is not None:
+                token = issue_guest_token(self.store, self.key, TOKEN_LIFETIME_SECONDS)
+            else:
+                token = GUEST_TOKEN_PREFIX + secrets.token_hex(24)
             body = {
-                "access_token": "ya29.localgce-" + self.store.new_hex(16),
+                "access_token": token,
                 "expires_in": TOKEN_LIFETIME_SECONDS,
                 "token_type": "Bearer",
             }

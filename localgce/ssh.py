@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from localgce import procs
 from localgce.httpserver import LOOPBACK
 
 READY_TIMEOUT_SECONDS = 10.0
@@ -168,6 +169,7 @@ class Sshd:
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
+            procs.track(process.pid)
             if _wait_listening(process, port):
                 return cls(process=process, port=port)
             _end(process)
@@ -193,6 +195,7 @@ def _wait_listening(process: subprocess.Popen, port: int) -> bool:
 
 def _end(process: subprocess.Popen) -> None:
     if process.poll() is not None:
+        procs.untrack(process.pid)
         return
     try:
         os.killpg(process.pid, signal.SIGTERM)
@@ -201,3 +204,4 @@ def _end(process: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    procs.untrack(process.pid)

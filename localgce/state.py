@@ -79,6 +79,8 @@ class Store:
         self.images: dict[tuple[str, str], dict] = {}
         self.instances: dict[InstanceKey, InstanceRecord] = {}
         self.operations: dict[str, dict] = {}
+        # Metadata-server access tokens → (instance key, expiry); in memory, like GCE's.
+        self.guest_tokens: dict[str, tuple[InstanceKey, float]] = {}
 
     # --- persistence -----------------------------------------------------------------------
     def load(self) -> None:

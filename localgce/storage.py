@@ -2,6 +2,8 @@
 
 We launch the binary ourselves rather than through the wrapper's class: the wrapper pipes stderr
 without reading it (a chatty server would block) and its cleanup lives in ``__del__``.
+Clients never talk to it directly: ``url`` is a guard (storage_guard.py) that refuses object names
+which would escape the server's root, and fake-gcs-server builds its upload URLs on that URL.
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from localgce import procs
+from localgce.httpserver import RunningServer
+from localgce.storage_guard import Upstream, start_guard
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 15.0
@@ -40,25 +46,31 @@ def _free_loopback_port() -> int:
 
 @dataclass
 class StorageServer:
-    """A running fake-gcs-server on loopback. ``url`` is what STORAGE_EMULATOR_HOST should hold."""
+    """A running fake-gcs-server on loopback behind its guard. ``url`` (the guard's) is what
+    STORAGE_EMULATOR_HOST should hold; ``upstream_url`` is fake-gcs-server itself."""
 
     process: subprocess.Popen
     url: str
     root: Path
+    guard: RunningServer | None = None
+    upstream_url: str = ""
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def stop(self, timeout_seconds: float = 5.0) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_seconds)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.guard is not None:
+            self.guard.stop()
+            self.guard = None
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_seconds)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        procs.untrack(self.process.pid)
 
 
 def _wait_ready(process: subprocess.Popen, url: str, timeout_seconds: float) -> bool:
@@ -90,9 +102,12 @@ def start_storage(
     log_path = Path(log_path) if log_path else root.parent / "fake-gcs-server.log"
     binary = binary_path()
     last_error = ""
+    upstream = Upstream()
+    guard = start_guard(upstream)
     for _ in range(START_ATTEMPTS):
-        port = _free_loopback_port()
-        url = f"http://{LOOPBACK}:{port}"
+        port = upstream.port = _free_loopback_port()
+        upstream_url = f"http://{LOOPBACK}:{port}"
+        url = guard.url
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [
@@ -110,7 +125,7 @@ def start_storage(
                     "-external-url",
                     url,
                     "-public-host",
-                    f"{LOOPBACK}:{port}",
+                    f"{LOOPBACK}:{guard.port}",
                     "-log-level",
                     "warn",
                 ],
@@ -119,10 +134,15 @@ def start_storage(
                 stderr=subprocess.STDOUT,
                 start_new_session=start_new_session,
             )
-        if _wait_ready(process, url, ready_timeout_seconds):
-            return StorageServer(process=process, url=url, root=root)
+        procs.track(process.pid)
+        if _wait_ready(process, upstream_url, ready_timeout_seconds):
+            return StorageServer(
+                process=process, url=url, root=root, guard=guard, upstream_url=upstream_url
+            )
         if process.poll() is None:
             process.kill()
         process.wait()
+        procs.untrack(process.pid)
         last_error = f"fake-gcs-server exited with {process.returncode}; see {log_path}"
+    guard.stop()
     raise StorageStartError(last_error)

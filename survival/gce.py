@@ -237,7 +237,14 @@ class GoogleCompute:
             f"{self._extension_url}/compute/v1/projects/{self.project}/zones/{zone}"
             f"/instances/{name}/preempt"
         )
-        request = urllib.request.Request(url, data=b"", method="POST")  # noqa: S310 - loopback
+        # The extension authenticates like the API: the clients' own credentials sign the call.
+        headers: dict[str, str] = {}
+        credentials = self._client_kwargs.get("credentials")
+        if credentials is not None:
+            credentials.apply(headers)
+        request = urllib.request.Request(  # noqa: S310 - loopback
+            url, data=b"", method="POST", headers=headers
+        )
         with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310
             body = response.read()
         # The answer is a zonal Operation like any other: wait on it and raise its errors (a VM

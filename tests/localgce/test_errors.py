@@ -13,6 +13,8 @@ from google.api_core import exceptions
 from google.cloud import compute_v1
 from lgtest import PROJECT, ZONE, instance_resource, unique
 
+from localgce.client import extension_headers
+
 
 def test_get_missing_instance_is_not_found(compute):
     with pytest.raises(exceptions.NotFound) as err:
@@ -98,7 +100,9 @@ def test_bad_name_and_unknown_image(compute, image):
 
 def test_unsupported_method_is_405_in_gce_error_json(lg):
     request = urllib.request.Request(
-        f"{lg['compute']}/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/x", method="PUT"
+        f"{lg['compute']}/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/x",
+        method="PUT",
+        headers=extension_headers(lg),
     )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(request, timeout=10)
@@ -109,7 +113,8 @@ def test_unsupported_method_is_405_in_gce_error_json(lg):
 
 def test_admin_config_round_trip_and_validation(lg):
     url = f"{lg['compute']}/localgce/v1/config"
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    get = urllib.request.Request(url, headers=extension_headers(lg))
+    with urllib.request.urlopen(get, timeout=10) as resp:
         knobs = json.load(resp)
     assert set(knobs) == {
         "exhaustedZones",
@@ -120,7 +125,10 @@ def test_admin_config_round_trip_and_validation(lg):
         "operationDelaySeconds",
     }
     bad = urllib.request.Request(
-        url, data=json.dumps({"graceSpotSeconds": -1}).encode(), method="POST"
+        url,
+        data=json.dumps({"graceSpotSeconds": -1}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", **extension_headers(lg)},
     )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(bad, timeout=10)

@@ -15,7 +15,7 @@ from google.cloud import compute_v1
 from lgtest import PROJECT, ZONE, instance_resource, wait_for
 
 from localgce import daemon
-from localgce.client import compute_client_options, ensure_running
+from localgce.client import compute_client_options, ensure_running, extension_headers
 from trainer.lease import pid_alive
 
 INSTANCES = 30
@@ -162,7 +162,10 @@ def test_30_concurrent_lifecycles_leave_no_process_and_only_loopback_sockets(tmp
                 f"{endpoints['compute']}/compute/v1/projects/{PROJECT}/zones/{ZONE}"
                 f"/instances/{name}/preempt"
             )
-            urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=60).read()
+            request = urllib.request.Request(
+                url, method="POST", headers=extension_headers(endpoints)
+            )
+            urllib.request.urlopen(request, timeout=60).read()
             wait_for(lambda: status(name) == "TERMINATED", what=f"{name} preempted")
             instances.start(project=PROJECT, zone=ZONE, instance=name).result()
             assert status(name) == "RUNNING"

@@ -12,6 +12,8 @@ from google.api_core import exceptions
 from google.cloud import compute_v1, storage
 from lgtest import MD_GET, PROJECT, ZONE, instance_resource, unique, wait_for
 
+from localgce.client import extension_headers
+
 SPOT_STARTUP = f"""#!/bin/bash
 echo "METADATA_HOST=$GCE_METADATA_HOST"
 echo "boot-marker preempted=$({MD_GET} instance/preempted)"
@@ -50,7 +52,10 @@ def test_spot_preemption_round_trip(compute, image):
         f"{compute.endpoints['compute']}/compute/v1/projects/{PROJECT}/zones/{ZONE}"
         f"/instances/{name}/preempt"
     )
-    with urllib.request.urlopen(urllib.request.Request(preempt_url, method="POST")) as resp:
+    preempt = urllib.request.Request(
+        preempt_url, method="POST", headers=extension_headers(compute.endpoints)
+    )
+    with urllib.request.urlopen(preempt) as resp:
         assert b'"status": "DONE"' in resp.read()
 
     compute.wait_status(name, "TERMINATED")
