@@ -8,7 +8,10 @@
 # → run the trainer as an unprivileged user from the image's Python environment, one attempt at a
 # time, logging to a file, to this script's output (journal/serial console) and to the job dir →
 # exit 0: power off; exit 75 (notice checkpoint saved): wait for the shutdown that is coming;
-# exit 1: retry up to crash-retries times, then FAILED; exit 2/64/73: FAILED at once.
+# exit 1: retry up to crash-retries times, then FAILED; exit 73 (LEASE held): wait the lease's
+# stale limit and try again (a killed holder's LEASE frees itself by then; a live writer's job
+# ends DONE, which the next try sees); exit 2/64/66/74/77 (usage, configuration, unusable job
+# dir): FAILED at once.
 # A SIGTERM (preemption/stop) is forwarded to the trainer, which saves a notice checkpoint.
 #
 # On localgce every path is under ${LOCALGCE_ROOT} (the instance's disk dir) so an instance never
@@ -32,6 +35,9 @@ readonly STARTUP_CURL_TIMEOUT_SECONDS=10
 readonly STARTUP_CURL_RETRIES=5
 readonly STARTUP_MAX_VALUE_BYTES=65536
 readonly STARTUP_MAX_SCRIPT_BYTES=262144
+# The trainer's default LEASE stale limit (trainer/lease.py); SURVIVAL_LEASE_STALE_SECONDS
+# overrides both.
+readonly STARTUP_DEFAULT_LEASE_STALE_SECONDS=300
 
 # The trainer's exit codes, mirrored from trainer/exitcodes.py (tests/trainer/test_exitcodes.py
 # checks that the two agree).
@@ -39,8 +45,11 @@ readonly EX_OK=0
 readonly EX_CRASHED=1
 readonly EX_USAGE=2
 readonly EX_CONFIG=64
+readonly EX_JOB_DIR_MISSING=66
 readonly EX_LEASE_HELD=73
+readonly EX_JOB_DIR_FULL=74
 readonly EX_NOTICE_SAVED=75
+readonly EX_JOB_DIR_DENIED=77
 # This script's own exit code (not the trainer's): refused to power off a localgce host.
 readonly STARTUP_EX_UNSAFE_SHUTDOWN=70
 
@@ -302,6 +311,31 @@ startup::run_trainer() {
     --name "attempt-${attempt}.log" 2>&1 | startup::prefix || startup::log "log upload failed"
 }
 
+# startup::lease_wait_seconds : whole seconds to wait before retrying after exit 73: the
+# trainer's stale limit (SURVIVAL_LEASE_STALE_SECONDS, as the trainer reads it) plus a margin.
+startup::lease_wait_seconds() {
+  local stale="${SURVIVAL_LEASE_STALE_SECONDS:-${STARTUP_DEFAULT_LEASE_STALE_SECONDS}}"
+  if [[ ! "${stale}" =~ ^[0-9]{1,6}(\.[0-9]+)?$ ]]; then
+    stale="${STARTUP_DEFAULT_LEASE_STALE_SECONDS}"
+  fi
+  printf '%d\n' $((${stale%%.*} + 2))
+}
+
+# startup::wait_for_lease : exit 73 means another writer's LEASE is not stale yet. It is either
+# a killed trainer's (on another boot its pid cannot be checked), which goes stale, or a live
+# writer's, whose job ends DONE; either way the next try after the stale limit moves on.
+startup::wait_for_lease() {
+  local seconds
+  seconds="$(startup::lease_wait_seconds)"
+  startup::log "the job dir's LEASE is held by another writer; trying again in ${seconds}s (its stale limit)"
+  sleep "${seconds}" &
+  wait $! || true
+  if ((STARTUP_STOPPING)); then
+    startup::log "the VM is shutting down; not trying again"
+    exit 0
+  fi
+}
+
 startup::wait_for_shutdown() {
   if ((STARTUP_STOPPING)); then
     # The shutdown is already under way (we got its SIGTERM): nothing left to do, so end now
@@ -404,7 +438,13 @@ startup::main() {
       "${EX_NOTICE_SAVED}")
         startup::wait_for_shutdown
         ;;
-      "${EX_USAGE}" | "${EX_CONFIG}" | "${EX_LEASE_HELD}")
+      "${EX_LEASE_HELD}")
+        if ((STARTUP_STOPPING)); then
+          startup::wait_for_shutdown
+        fi
+        startup::wait_for_lease
+        ;;
+      "${EX_USAGE}" | "${EX_CONFIG}" | "${EX_JOB_DIR_MISSING}" | "${EX_JOB_DIR_FULL}" | "${EX_JOB_DIR_DENIED}")
         startup::mark_failed "trainer exited with ${STARTUP_RC} (see logs/attempt-${attempt}.log); not retrying"
         break
         ;;

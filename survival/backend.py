@@ -30,19 +30,7 @@ class Cloud:
         """The job dir at ``url``, read through this cloud's storage client (gs:// URLs)."""
         if self.storage is None or not url.startswith("gs://"):
             return JobDir.open(url)
-        return JobDir(_ClientGcsStore(url, self.storage))
-
-
-class _ClientGcsStore(GcsStore):
-    """A GcsStore on a given storage client, instead of one configured from the environment."""
-
-    def __init__(self, url: str, client: Any) -> None:
-        super().__init__(url)
-        self._client = client
-
-    @property
-    def bucket(self) -> Any:
-        return self._client.bucket(self.bucket_name)
+        return JobDir(GcsStore(url, client=self.storage))
 
 
 def compute_for(project: str, endpoints: dict[str, Any] | None = None) -> GoogleCompute:

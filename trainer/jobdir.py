@@ -16,7 +16,9 @@ import hashlib
 import itertools
 import json
 import logging
+import posixpath
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -60,6 +62,27 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def manifest_file_problem(rel: Any, entry: Any) -> str | None:
+    """Why a manifest ``files`` entry is unusable, or None. Names come from the job dir, which
+    anyone who can write the bucket controls: only a relative, normalised path inside the
+    checkpoint (and never the manifest itself) may become a local file name."""
+    if not isinstance(rel, str) or not rel:
+        return f"file name {rel!r} is not a non-empty string"
+    if (
+        rel.startswith("/")
+        or "\\" in rel
+        or "\0" in rel
+        or posixpath.normpath(rel) != rel
+        or ".." in rel.split("/")
+    ):
+        return f"file name {rel!r} is not a relative, normalised path inside the checkpoint"
+    if rel == MANIFEST:
+        return f"file name {rel!r} names the manifest itself"
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        return f"file {rel!r} has no sha256"
+    return None
 
 
 def _json_or_none(data: bytes | None, what: str) -> dict | None:
@@ -176,6 +199,9 @@ class JobDir:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.url = store.url
+        # Steps whose checkpoint this process verified (True) or found bad (False); a
+        # checkpoint's files never change once its manifest is visible.
+        self._valid: dict[int, bool] = {}
 
     @classmethod
     def open(cls, url: str) -> JobDir:
@@ -246,14 +272,25 @@ class JobDir:
         )
 
     def _fetch_verified(self, step: int, local_dir: Path) -> dict | None:
-        """Download ckpt-<step> into local_dir and check it; the manifest or None (+ warning)."""
+        """Download ckpt-<step> into local_dir (a fresh staging dir) and check it; the manifest,
+        or None (+ warning). Every file name is checked before a byte is written."""
         name = f"{CKPT_PREFIX}{step}"
         manifest = self.read_manifest(step)
         if manifest is None or not isinstance(manifest.get("files"), dict):
             log.warning("checkpoint %s has no valid manifest.json; skipping it", name)
             return None
-        for rel, expected in sorted(manifest["files"].items()):
+        files = manifest["files"]
+        for rel, expected in files.items():
+            problem = manifest_file_problem(rel, expected)
+            if problem is not None:
+                log.warning("checkpoint %s: %s; skipping it", name, problem)
+                return None
+        root = local_dir.resolve()
+        for rel, expected in sorted(files.items()):
             target = local_dir / rel
+            if not target.resolve().is_relative_to(root):  # e.g. through a symlink: never
+                log.warning("checkpoint %s: %s leaves the staging dir; skipping it", name, rel)
+                return None
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.store.download(f"{name}/{rel}", target)
@@ -265,15 +302,37 @@ class JobDir:
                 return None
         return manifest
 
+    def _verify_into(self, step: int, local_dir: Path) -> dict | None:
+        manifest = self._fetch_verified(step, local_dir)
+        self._valid[step] = manifest is not None
+        return manifest
+
     def restore_latest(self, local_dir: Path) -> dict | None:
-        """Fetch the newest checkpoint that verifies into local_dir; its manifest, or None."""
+        """Fetch the newest checkpoint that verifies into a new staging dir under local_dir; its
+        manifest (``local_path`` names that dir), or None. Nothing unverified is left there."""
+        local_dir.mkdir(parents=True, exist_ok=True)
         for step in self.checkpoint_steps():
             candidate = Path(tempfile.mkdtemp(prefix=f"ckpt-{step}-", dir=local_dir))
-            manifest = self._fetch_verified(step, candidate)
+            manifest = self._verify_into(step, candidate)
             if manifest is not None:
                 manifest["local_path"] = str(candidate)
                 return manifest
+            shutil.rmtree(candidate, ignore_errors=True)
         return None
+
+    def checkpoint_valid(self, step: int) -> bool | None:
+        """Does ckpt-<step> verify (manifest and checksums)? Checked once per process; None
+        when it could not be read to the end (e.g. a network error), so nothing is decided."""
+        if step not in self._valid:
+            try:
+                with tempfile.TemporaryDirectory(prefix="survival-verify-") as tmp:
+                    self._verify_into(step, Path(tmp))
+            except StoreError:
+                raise
+            except Exception as error:
+                log.warning("cannot check %s%d (%s); keeping it", CKPT_PREFIX, step, error)
+                return None
+        return self._valid[step]
 
     def latest_checkpoint(self) -> dict | None:
         """Manifest of the newest VALID checkpoint (checksums verified), or None."""
@@ -303,18 +362,22 @@ class JobDir:
             }
             manifest = {**manifest_fields, "step": step, "files": files}
             (staging / MANIFEST).write_bytes(_dumps(manifest))
+            self._valid.pop(step, None)
             self.store.publish_dir(staging, f"{CKPT_PREFIX}{step}", MANIFEST, before_manifest)
+            self._valid[step] = True
         return manifest
 
     def prune_checkpoints(self, keep: int) -> None:
-        """Keep the newest ``keep`` checkpoints that have a manifest; delete the rest."""
+        """Keep the newest ``keep`` checkpoints that verify; delete every other one (a corrupt
+        or partial checkpoint can never be restored, so it must not take a kept slot)."""
         kept = 0
         for step in self.checkpoint_steps():
-            if kept < keep and self.read_manifest(step) is not None:
+            valid = self.checkpoint_valid(step) if kept < keep else None
+            if valid:
                 kept += 1
-                continue
-            if kept >= keep:
+            elif valid is False or kept >= keep:
                 self.store.delete_tree(f"{CKPT_PREFIX}{step}", first=MANIFEST)
+                self._valid.pop(step, None)
 
     def export_dir(self, local_dir: Path) -> str:
         """Upload every file of local_dir to export/; returns the export URL."""

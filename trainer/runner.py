@@ -17,6 +17,7 @@ A SIGKILLed attempt leaves its LEASE behind; the next attempt records it as "cra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -41,7 +42,16 @@ from trainer.jobdir import (
     next_attempt_number,
 )
 from trainer.lease import DEFAULT_STALE_SECONDS, Heartbeat, Lease, LeaseHeld
-from trainer.storage import StoreError, open_store
+from trainer.scratch import Scratch
+from trainer.storage import (
+    JobDirDenied,
+    JobDirFull,
+    JobDirMissing,
+    JobDirUnusable,
+    StoreError,
+    open_store,
+    unusable_from_os_error,
+)
 from trainer.task import Task
 
 log = logging.getLogger("trainer")
@@ -59,6 +69,20 @@ class Stop(Exception):
     def __init__(self, code: int, message: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+def unusable_job_dir(error: BaseException, job_url: str) -> Stop | None:
+    """The Stop for an error that says the job dir cannot be used (missing bucket, read-only or
+    denied, full): retrying would fail the same way, so it is not a crash. None otherwise."""
+    if isinstance(error, OSError) and not isinstance(error, JobDirUnusable):
+        error = unusable_from_os_error(error, f"job dir {job_url}") or error
+    if isinstance(error, JobDirMissing):
+        return Stop(exitcodes.JOB_DIR_MISSING, str(error))
+    if isinstance(error, JobDirDenied):
+        return Stop(exitcodes.JOB_DIR_DENIED, str(error))
+    if isinstance(error, JobDirFull):
+        return Stop(exitcodes.JOB_DIR_FULL, str(error))
+    return None
 
 
 def build_parser(task_cls: type[Task], prog: str) -> argparse.ArgumentParser:
@@ -251,8 +275,10 @@ class Runner:
             print(f"job {self.job.url} is already DONE", flush=True)
             return exitcodes.OK
 
-        with tempfile.TemporaryDirectory(prefix="survival-restore-") as restore_dir:
-            manifest = self.job.restore_latest(Path(restore_dir))
+        # Restores, checks and temporary files go to this trainer's own scratch dir in the
+        # job's staging area; those of killed trainers are removed here.
+        with Scratch(self.job.store.scratch_root()) as scratch:
+            manifest = self.job.restore_latest(scratch / "restore")
             self.check_config(manifest)
 
             recorded = self.job.attempts()
@@ -280,10 +306,17 @@ class Runner:
                 return self._run_with_lease(attempt, manifest, on_gce)
             except Stop:
                 raise
-            except Exception:
-                log.error("training crashed:\n%s", traceback.format_exc())
-                self._record(attempt, END_CRASHED, None)
-                self._release(attempt)
+            except Exception as error:
+                stop = unusable_job_dir(error, self.job.url)
+                if stop is None:
+                    log.error("training crashed:\n%s", traceback.format_exc())
+                # The job dir may refuse these writes too (that is what went wrong): try.
+                with contextlib.suppress(Exception):
+                    self._record(attempt, END_CRASHED, None)
+                with contextlib.suppress(Exception):
+                    self._release(attempt)
+                if stop is not None:
+                    raise stop from None
                 return exitcodes.CRASHED
 
     def _run_with_lease(self, attempt: Attempt, manifest: dict | None, on_gce: bool) -> int:
@@ -474,5 +507,13 @@ def main(task_cls: type[Task], argv: list[str] | None = None, prog: str | None =
         print(f"error: {error}", file=sys.stderr)
         return exitcodes.LEASE_HELD
     except Stop as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        return stop.code
+    except (OSError, StoreError) as error:
+        # Before the LEASE (or the release) the job dir may turn out unusable: one line, the
+        # code that says which way, never a retried "crash".
+        stop = unusable_job_dir(error, runner.job.url)
+        if stop is None:
+            raise
         print(f"error: {stop}", file=sys.stderr)
         return stop.code

@@ -11,16 +11,22 @@ The generation ``"0"`` means "the object must not exist yet".
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
 import os
 import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ABSENT_GENERATION = "0"
 STAGING_PREFIX = ".staging-"
+# A local job dir's scratch area (restores, checkpoint checks, temporary files); each process
+# owns a subdirectory of it and sweeps those of dead processes (trainer/scratch.py).
+SCRATCH_DIR = f"{STAGING_PREFIX}scratch"
 
 
 class PreconditionFailed(Exception):
@@ -29,6 +35,46 @@ class PreconditionFailed(Exception):
 
 class StoreError(Exception):
     """A job dir URL or object that cannot be used; the message says what to do."""
+
+
+class JobDirUnusable(StoreError):
+    """The job dir itself cannot be used, and trying again will not help (the runner exits with
+    the code of the subclass, which startup.sh does not retry)."""
+
+
+class JobDirMissing(JobDirUnusable):
+    """The gs:// bucket does not exist."""
+
+
+class JobDirDenied(JobDirUnusable):
+    """The job dir is read-only, or this identity may not write it."""
+
+
+class JobDirFull(JobDirUnusable):
+    """No space (or quota) left where the job dir or its scratch area lives."""
+
+
+_DENIED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def unusable_from_os_error(error: OSError, where: str) -> JobDirUnusable | None:
+    """The JobDirUnusable an OSError stands for (read-only, denied, full), or None."""
+    detail = f"{error.strerror or error} ({error.filename})" if error.filename else str(error)
+    if error.errno in _DENIED_ERRNOS:
+        return JobDirDenied(f"cannot write {where}: {detail}")
+    if error.errno in _FULL_ERRNOS:
+        return JobDirFull(f"no space left for {where}: {detail}")
+    return None
+
+
+def check_name(name: str) -> str:
+    """An object name (or a listing prefix) must stay under the store's root: relative, with
+    no ``..`` component. Both stores apply this, so a name read from the job dir itself (a
+    manifest) can never reach outside it."""
+    if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+        raise StoreError(f"bad object name {name!r}")
+    return name
 
 
 def open_store(url: str) -> Store:
@@ -107,6 +153,12 @@ class Store:
     def sweep_staging(self) -> None:
         """Remove leftovers of interrupted publishes (only call while holding the LEASE)."""
 
+    def scratch_root(self) -> Path:
+        """A local directory for this job's scratch files: restores, checks, temporary files.
+        Each trainer works in its own subdirectory and removes those of dead trainers."""
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"survival-job-{digest}"
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -129,9 +181,7 @@ class LocalStore(Store):
         self.url = str(self.root)
 
     def _path(self, name: str) -> Path:
-        if name.startswith("/") or ".." in name.split("/"):
-            raise StoreError(f"bad object name {name!r}")
-        return self.root / name
+        return self.root / check_name(name)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -268,18 +318,40 @@ class LocalStore(Store):
         os.replace(local_dir, target)
         _fsync_dir(self.root)
 
+    def delete_tree(self, prefix: str, first: str | None = None) -> None:
+        # The manifest goes first (the directory stops being a checkpoint), then the whole
+        # directory, so no empty ckpt-N/ is left behind.
+        target = self._path(prefix.rstrip("/"))
+        if first is not None:
+            (target / first).unlink(missing_ok=True)
+        if not target.is_dir():
+            return
+        trash = self.root / f"{STAGING_PREFIX}trash-{secrets.token_hex(4)}"
+        os.replace(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        _fsync_dir(self.root)
+
     def sweep_staging(self) -> None:
         if not self.root.is_dir():
             return
         for entry in self.root.iterdir():
+            # The scratch area holds other live processes' directories; it sweeps itself.
+            if entry.name == SCRATCH_DIR:
+                continue
             if entry.name.startswith(STAGING_PREFIX) and entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
 
+    def scratch_root(self) -> Path:
+        # Inside the job dir: the job's own staging area, on the job dir's filesystem.
+        return self.root / SCRATCH_DIR
+
 
 class GcsStore(Store):
-    """gs://bucket/prefix via google-cloud-storage (honours STORAGE_EMULATOR_HOST)."""
+    """gs://bucket/prefix via google-cloud-storage. ``client``: a storage.Client to use (the
+    orchestrator passes one pointed at its endpoint); by default one is made from the
+    environment (it honours STORAGE_EMULATOR_HOST)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, client: Any = None) -> None:
         rest = url[len("gs://") :]
         bucket, _, prefix = rest.partition("/")
         if not bucket:
@@ -287,16 +359,36 @@ class GcsStore(Store):
         self.url = url.rstrip("/")
         self.bucket_name = bucket
         self.prefix = prefix.strip("/")
+        self._client = client
         self._bucket = None
 
     @property
     def bucket(self):
         if self._bucket is None:
-            self._bucket = _gcs_client().bucket(self.bucket_name)
+            self._bucket = (self._client or _gcs_client()).bucket(self.bucket_name)
         return self._bucket
 
     def _key(self, name: str) -> str:
+        check_name(name)
         return f"{self.prefix}/{name}" if self.prefix else name
+
+    @contextlib.contextmanager
+    def _errors(self, missing_bucket: bool = False) -> Iterator[None]:
+        """Turn a denied request (and, where no object could be missing, a 404: a missing
+        bucket) into a one-line JobDirUnusable error."""
+        from google.api_core import exceptions
+
+        try:
+            yield
+        except (exceptions.Forbidden, exceptions.Unauthorized) as error:
+            raise JobDirDenied(f"access to {self.url} denied: {_gcs_message(error)}") from None
+        except exceptions.NotFound as error:
+            if not missing_bucket:
+                raise
+            raise JobDirMissing(
+                f"bucket gs://{self.bucket_name} of job dir {self.url} does not exist "
+                f"({_gcs_message(error)})"
+            ) from None
 
     def _rel(self, key: str) -> str:
         return key[len(self.prefix) + 1 :] if self.prefix else key
@@ -306,7 +398,8 @@ class GcsStore(Store):
 
         blob = self.bucket.blob(self._key(name))
         try:
-            data = blob.download_as_bytes()
+            with self._errors():
+                data = blob.download_as_bytes()
         except exceptions.NotFound:
             return None
         return data, str(blob.generation)
@@ -317,8 +410,16 @@ class GcsStore(Store):
         blob = self.bucket.blob(self._key(name))
         kwargs = {} if if_generation is None else {"if_generation_match": int(if_generation)}
         try:
-            blob.upload_from_string(data, content_type="application/octet-stream", **kwargs)
+            with self._errors(missing_bucket=True):
+                blob.upload_from_string(data, content_type="application/octet-stream", **kwargs)
         except exceptions.PreconditionFailed as error:
+            # The client retries uploads: when the first try landed but its reply was lost,
+            # the retry finds the generation moved on. If the object now holds exactly what we
+            # wrote (a LEASE body carries a per-write nonce, so nobody else writes the same
+            # bytes), that write was ours and it succeeded.
+            found = self.read_with_generation(name)
+            if found is not None and found[0] == data:
+                return found[1]
             raise PreconditionFailed(f"{name}: {error}") from error
         return str(blob.generation)
 
@@ -328,15 +429,17 @@ class GcsStore(Store):
         blob = self.bucket.blob(self._key(name))
         kwargs = {} if if_generation is None else {"if_generation_match": int(if_generation)}
         try:
-            blob.delete(**kwargs)
+            with self._errors():
+                blob.delete(**kwargs)
         except exceptions.NotFound:
             return
         except exceptions.PreconditionFailed as error:
             raise PreconditionFailed(f"{name}: {error}") from error
 
     def list(self, prefix: str = "") -> list[str]:
-        blobs = self.bucket.client.list_blobs(self.bucket_name, prefix=self._key(prefix))
-        return sorted(self._rel(blob.name) for blob in blobs)
+        with self._errors(missing_bucket=True):
+            blobs = self.bucket.client.list_blobs(self.bucket_name, prefix=self._key(prefix))
+            return sorted(self._rel(blob.name) for blob in blobs)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         dirs = set()
@@ -350,14 +453,16 @@ class GcsStore(Store):
         from google.api_core import exceptions
 
         try:
-            self.bucket.blob(self._key(name)).download_to_filename(str(local_path))
+            with self._errors():
+                self.bucket.blob(self._key(name)).download_to_filename(str(local_path))
         except exceptions.NotFound as error:
             # The same error a LocalStore raises, so callers need not know the backend.
             raise FileNotFoundError(f"{self.url}/{name}: {error}") from error
 
     def upload(self, local_path: Path, name: str) -> None:
         blob = self.bucket.blob(self._key(name))
-        blob.upload_from_filename(str(local_path), content_type="application/octet-stream")
+        with self._errors(missing_bucket=True):
+            blob.upload_from_filename(str(local_path), content_type="application/octet-stream")
 
     def publish_dir(self, local_dir, name, last_file, before_last=lambda: None) -> None:
         local_dir = Path(local_dir)
@@ -370,6 +475,10 @@ class GcsStore(Store):
         before_last()
         last = local_dir / last_file
         self.write(f"{name}/{last_file}", last.read_bytes(), if_generation=ABSENT_GENERATION)
+
+
+def _gcs_message(error) -> str:
+    return getattr(error, "message", None) or str(error).splitlines()[0]
 
 
 def _gcs_client():
