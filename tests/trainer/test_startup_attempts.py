@@ -63,14 +63,18 @@ def vm_root():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_killed_attempt_keeps_its_log_and_the_retry_takes_the_next_number(gcs_env, vm_root):
+def _job_url() -> str:
     from google.api_core.exceptions import Conflict
 
     from trainer.storage import _gcs_client
 
     with contextlib.suppress(Conflict):  # made by an earlier test of the session
         _gcs_client().create_bucket(BUCKET)
-    job_url = f"gs://{BUCKET}/job-{uuid.uuid4().hex[:8]}"
+    return f"gs://{BUCKET}/job-{uuid.uuid4().hex[:8]}"
+
+
+def _vm(vm_root: Path, job_url: str, extra_attributes: dict, extra_env: dict):
+    """What startup.sh finds on a VM booted for ``job_url``: (metadata server, env, disk)."""
     repo_url, commit = _trainer_repo(vm_root)
     attributes = {
         "job-dir": job_url,
@@ -78,10 +82,8 @@ def test_killed_attempt_keeps_its_log_and_the_retry_takes_the_next_number(gcs_en
         "trainer-branch": "exp",
         "trainer-commit": commit,
         "trainer-module": "trainer.examples.sklearn_digits",
-        "train-steps": "40",
-        "checkpoint-steps": "20",
-        "crash-retries": "2",
         "keep-alive": "true",  # no power-off: the script just ends
+        **extra_attributes,
     }
     metadata = FakeMetadataServer(
         {
@@ -96,22 +98,14 @@ def test_killed_attempt_keeps_its_log_and_the_retry_takes_the_next_number(gcs_en
     image_python.write_text(f'#!/bin/sh\nexec "{helpers.sys.executable}" "$@"\n')
     image_python.chmod(0o755)
     env = helpers.trainer_env(
-        {
-            "GCE_METADATA_HOST": metadata.host,
-            "LOCALGCE_ROOT": str(disk),
-            # Every checkpoint waits before its manifest: the first attempt is killed there.
-            "SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS": str(SLOW_CHECKPOINT_SECONDS),
-        }
+        {"GCE_METADATA_HOST": metadata.host, "LOCALGCE_ROOT": str(disk), **extra_env}
     )
-    local_log = disk / "var/log/survival" / attempt_log_name(1)
-    pid_file = disk / "run/survival/trainer.pid"
+    return metadata, env, disk
 
-    output = vm_root / "startup-output.txt"
 
-    def first_checkpoint_pending() -> bool:
-        assert startup.poll() is None, f"startup.sh ended early:\n{output.read_text()}"
-        return local_log.is_file() and "manifest pending" in local_log.read_text()
-
+def _run_startup(metadata, env, output: Path, until, what: str, then=None) -> int:
+    """Run startup.sh until ``until()`` holds (``then()`` runs at that moment), then to its end;
+    its exit status. ``until`` is called with the running process."""
     metadata.start()
     with open(output, "w") as sink:
         startup = subprocess.Popen(
@@ -122,21 +116,50 @@ def test_killed_attempt_keeps_its_log_and_the_retry_takes_the_next_number(gcs_en
             stderr=subprocess.STDOUT,
         )
     try:
+
+        def condition() -> bool:
+            assert startup.poll() is None, f"startup.sh ended early:\n{output.read_text()}"
+            return until()
+
         wait_for(
-            first_checkpoint_pending,
+            condition,
             helpers.WAIT_SECONDS,
-            lambda: f"the first attempt's first checkpoint; startup.sh said:\n{output.read_text()}",
+            lambda: f"{what}; startup.sh said:\n{output.read_text()}",
             max_delay_seconds=0.1,
         )
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-        startup.wait(timeout=helpers.WAIT_SECONDS)
+        if then is not None:
+            then()
+        return startup.wait(timeout=helpers.WAIT_SECONDS)
     finally:
         if startup.poll() is None:
             startup.kill()
             startup.wait()
         metadata.stop()
+
+
+def test_killed_attempt_keeps_its_log_and_the_retry_takes_the_next_number(gcs_env, vm_root):
+    job_url = _job_url()
+    metadata, env, disk = _vm(
+        vm_root,
+        job_url,
+        {"train-steps": "40", "checkpoint-steps": "20", "crash-retries": "2"},
+        # Every checkpoint waits before its manifest: the first attempt is killed there.
+        {"SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS": str(SLOW_CHECKPOINT_SECONDS)},
+    )
+    local_log = disk / "var/log/survival" / attempt_log_name(1)
+    pid_file = disk / "run/survival/trainer.pid"
+    output = vm_root / "startup-output.txt"
+
+    returncode = _run_startup(
+        metadata,
+        env,
+        output,
+        until=lambda: local_log.is_file() and "manifest pending" in local_log.read_text(),
+        what="the first attempt's first checkpoint",
+        then=lambda: os.kill(int(pid_file.read_text()), signal.SIGKILL),
+    )
     stderr = output.read_text()
-    assert startup.returncode == 0, stderr
+    assert returncode == 0, stderr
     assert "trainer exited with 137" in stderr, stderr
 
     job = JobDir.open(job_url)
@@ -156,42 +179,13 @@ def test_killed_attempt_keeps_its_log_and_the_retry_takes_the_next_number(gcs_en
 def test_a_held_lease_is_waited_out_not_failed(gcs_env, vm_root):
     """Exit 73 on a VM (a LEASE whose holder cannot be checked from here, e.g. from a previous
     boot) is retried once the lease's stale limit has passed, not marked FAILED."""
-    from google.api_core.exceptions import Conflict
-
-    from trainer.storage import _gcs_client
-
-    with contextlib.suppress(Conflict):  # made by an earlier test of the session
-        _gcs_client().create_bucket(BUCKET)
-    job_url = f"gs://{BUCKET}/job-{uuid.uuid4().hex[:8]}"
+    job_url = _job_url()
     job = JobDir.open(job_url)
-    repo_url, commit = _trainer_repo(vm_root)
-    attributes = {
-        "job-dir": job_url,
-        "trainer-repo": repo_url,
-        "trainer-branch": "exp",
-        "trainer-commit": commit,
-        "trainer-module": "trainer.examples.sklearn_digits",
-        "train-steps": "10",
-        "checkpoint-steps": "5",
-        "keep-alive": "true",
-    }
-    metadata = FakeMetadataServer(
-        {
-            "instance/attributes/": "".join(f"{key}\n" for key in attributes),
-            **{f"instance/attributes/{key}": value for key, value in attributes.items()},
-        }
-    )
-    disk = vm_root / "disk"
-    image_python = disk / "opt/survival/venv/bin/python"
-    image_python.parent.mkdir(parents=True)
-    image_python.write_text(f'#!/bin/sh\nexec "{helpers.sys.executable}" "$@"\n')
-    image_python.chmod(0o755)
-    env = helpers.trainer_env(
-        {
-            "GCE_METADATA_HOST": metadata.host,
-            "LOCALGCE_ROOT": str(disk),
-            "SURVIVAL_LEASE_STALE_SECONDS": "2",
-        }
+    metadata, env, _ = _vm(
+        vm_root,
+        job_url,
+        {"train-steps": "10", "checkpoint-steps": "5"},
+        {"SURVIVAL_LEASE_STALE_SECONDS": "2"},
     )
     output = vm_root / "startup-output.txt"
 
@@ -203,37 +197,17 @@ def test_a_held_lease_is_waited_out_not_failed(gcs_env, vm_root):
         job.store.write("LEASE", json.dumps(body).encode())
 
     def first_attempt_held() -> bool:
-        assert startup.poll() is None, f"startup.sh ended early:\n{output.read_text()}"
         if "trainer exited with 73" in output.read_text():
             return True
         hold_lease()
         return False
 
     hold_lease()
-    metadata.start()
-    with open(output, "w") as sink:
-        startup = subprocess.Popen(
-            ["bash", str(helpers.REPO / "startup/startup.sh")],
-            env=env,
-            cwd=helpers.REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        wait_for(
-            first_attempt_held,
-            helpers.WAIT_SECONDS,
-            lambda: f"the first attempt's exit 73; startup.sh said:\n{output.read_text()}",
-            max_delay_seconds=0.2,
-        )
-        startup.wait(timeout=helpers.WAIT_SECONDS)
-    finally:
-        if startup.poll() is None:
-            startup.kill()
-            startup.wait()
-        metadata.stop()
+    returncode = _run_startup(
+        metadata, env, output, until=first_attempt_held, what="the first attempt's exit 73"
+    )
     stderr = output.read_text()
-    assert startup.returncode == 0, stderr
+    assert returncode == 0, stderr
     assert "trying again in 4s" in stderr, stderr
     assert job.failed() is None, stderr
     assert job.done()["steps"] == 10
