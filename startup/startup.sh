@@ -60,6 +60,8 @@ readonly STARTUP_RE_MODULE='^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]
 readonly STARTUP_RE_JOB_DIR='^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._=-]+){0,16}$'
 readonly STARTUP_RE_REPO='^(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?|file://)(/[A-Za-z0-9._~-]+)+$'
 readonly STARTUP_RE_COUNT='^[1-9][0-9]{0,8}$'
+# checkpoint-steps may be 0: only notice and final saves, as the trainer allows.
+readonly STARTUP_RE_COUNT_OR_ZERO='^(0|[1-9][0-9]{0,8})$'
 readonly STARTUP_RE_SEED='^[0-9]{1,9}$'
 readonly STARTUP_RE_RETRIES='^[0-9]$'
 readonly STARTUP_RE_BOOL='^(true|false)$'
@@ -368,7 +370,7 @@ startup::read_settings() {
     && startup::value STARTUP_COMMIT trainer-commit "${STARTUP_RE_COMMIT}" \
     && startup::value STARTUP_MODULE trainer-module "${STARTUP_RE_MODULE}" \
     && startup::value STARTUP_TRAIN_STEPS train-steps "${STARTUP_RE_COUNT}" \
-    && startup::value STARTUP_CHECKPOINT_STEPS checkpoint-steps "${STARTUP_RE_COUNT}" \
+    && startup::value STARTUP_CHECKPOINT_STEPS checkpoint-steps "${STARTUP_RE_COUNT_OR_ZERO}" \
     && startup::value STARTUP_SEED seed "${STARTUP_RE_SEED}" 0 \
     && startup::value STARTUP_CRASH_RETRIES crash-retries "${STARTUP_RE_RETRIES}" 2 \
     && startup::value STARTUP_HPARAMS_RAW hparams json '{}' \
