@@ -9,6 +9,7 @@ created if missing; on GCE the bucket must exist and the error says how to creat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from survival.compute import Compute
@@ -46,19 +47,42 @@ def compute_for(project: str, endpoints: dict[str, Any] | None = None) -> Google
     )
 
 
-def open_cloud(settings: Settings, *, job_bucket: bool = True) -> Cloud:
+def open_cloud(settings: Settings, *, job_bucket: bool = True, start: bool = True) -> Cloud:
     """The cloud of ``settings``; with ``job_bucket`` also its storage client, the bucket made
-    (localgce) or checked (GCE)."""
+    (localgce) or checked (GCE). ``start``: on localgce, start the emulator if it is not running;
+    read-only commands pass False so that looking never reboots stopped instances, and get a
+    ConfigError saying how to start it instead."""
     endpoints = None
     if settings.is_local:
-        from localgce.client import ensure_running
-
-        endpoints = ensure_running(settings.local_state_dir)
+        endpoints = local_endpoints(settings.local_state_dir, start=start)
     cloud = Cloud(settings, compute_for(settings.project, endpoints))
     if job_bucket:
         cloud.storage = storage_client(settings.project, endpoints and endpoints["storage"])
         ensure_bucket(cloud.storage, settings.job_bucket, create=settings.is_local)
     return cloud
+
+
+def local_endpoints(state_dir: Path, *, start: bool) -> dict[str, Any]:
+    """The running localgce's endpoints; with ``start``, started first if needed."""
+    from localgce.client import NotRunning, ensure_running, load_endpoints
+
+    state_dir = Path(state_dir)
+    if not start:
+        try:
+            return load_endpoints(state_dir)
+        except NotRunning:
+            raise ConfigError(
+                f"localgce is not running for {state_dir}: start it with `invoke localgce.start` "
+                "(or `make demo`)"
+            ) from None
+    if not state_dir.parent.resolve().is_dir():
+        # Starting would create the whole path and leave a daemon running for a state dir that
+        # is most likely a typo; refuse before anything is started.
+        raise ConfigError(
+            f"survival.local_state_dir {state_dir}: its parent {state_dir.parent} does not exist; "
+            "create it or choose another state dir"
+        )
+    return ensure_running(state_dir)
 
 
 def storage_client(project: str, emulator_url: str | None = None) -> Any:

@@ -30,13 +30,14 @@ from survival.config import KIT_ROOT, Settings, describe, parse_gpu
 from survival.errors import ConfigError, SurvivalError
 from survival.images import format_table
 from survival.instance_spec import JOB_LABEL
-from survival.launch import Launched, launch
+from survival.launch import Launched, launch, restart_run
 from survival.logs import show_logs
 from survival.placement import zones_from
 from survival.plot import plot_timeline
 from survival.progress import read_progress
+from survival.report import COLUMNS as STATUS_COLUMNS
 from survival.report import print_table, status_row, summary
-from survival.request import TrainRequest, validate
+from survival.request import TrainRequest, default_name, validate
 from survival.sshkeys import ensure_key, publish_key
 from survival.supervisor import Supervisor, Timing
 
@@ -101,10 +102,11 @@ def show_config(c: Any) -> None:
         print(f"{key.ljust(width)}  {value}  [{source}]")
 
 
-def push_code(c: Any, branch: str) -> str:
+def push_code(c: Any, branch: str, include: tuple[str, ...] = ()) -> str:
     with user_errors():
-        cloud = open_cloud(settings(c), job_bucket=False)
-        result = push(KIT_ROOT, cloud.settings.trainer_repo, branch)
+        # Only the trainer repo is needed (on localgce a bare repo on disk): no emulator.
+        current = settings(c)
+        result = push(KIT_ROOT, current.trainer_repo, branch, include=include)
     print(f"pushed {result.commit} to {result.branch} of {result.remote}")
     return result.commit
 
@@ -134,16 +136,49 @@ def train(c: Any, req: TrainRequest) -> None:
                 "instance (billed; counts against the per-region rate limit)"
             )
         cloud = open_cloud(current)
-        launched = launch(cloud, KIT_ROOT, req)
-        if req.follow:
-            _supervise(cloud, launched, plan)
-        else:
+        if not req.follow:
+            launched = launch(cloud, KIT_ROOT, req)
             print(f"not following: `invoke watch {launched.job.name}` supervises it later")
+            return
+        # The name is fixed first so the supervisor lock is taken before anything is created.
+        name = req.name or default_name(req.branch, time.time())
+        req = dataclasses.replace(req, name=name)
+        with jobstore.supervisor_lock(current.local_state_dir, name):
+            try:
+                launched = launch(cloud, KIT_ROOT, req)
+            except KeyboardInterrupt:
+                raise Exit(
+                    f"interrupted while launching {name}: see `invoke status`; if it was "
+                    f"created, `invoke watch {name}` supervises it",
+                    code=INTERRUPTED_EXIT,
+                ) from None
+            _supervise(cloud, launched, plan)
+
+
+# Exit status after Ctrl-C, as a shell reports a process killed by SIGINT (128 + 2).
+INTERRUPTED_EXIT = 130
+
+
+def _vm_state(status: str | None) -> str:
+    if status in ("PROVISIONING", "STAGING", "RUNNING"):
+        return "keeps running"
+    if status in ("STOPPING", "SUSPENDING"):
+        return "is stopping"
+    if status in ("TERMINATED", "STOPPED", "SUSPENDED"):
+        return "is stopped"
+    return "is left as it is"
 
 
 def _supervise(cloud: Cloud, launched: Launched, plan: Chaos | None = None) -> None:
+    """Run the supervisor (the caller holds the job's supervisor lock) and print the outcome."""
     current = cloud.settings
+    state_dir = current.local_state_dir
     job, machine = launched.job, launched.machine
+    serial = jobstore.read(state_dir, job.name).get("serial") or {}
+
+    def save_serial(instance: str | None, offset: int) -> None:
+        jobstore.update(state_dir, job.name, serial={"instance": instance, "next": offset})
+
     supervisor = Supervisor(
         cloud.compute,
         name=job.name,
@@ -154,20 +189,44 @@ def _supervise(cloud: Cloud, launched: Launched, plan: Chaos | None = None) -> N
         max_restarts=current.max_restarts,
         chaos=plan,
         # localgce calls are free and local: poll fast so chaos lands mid-attempt.
-        timing=Timing(poll_seconds=LOCAL_POLL_SECONDS if current.is_local else GCE_POLL_SECONDS),
+        timing=Timing(
+            poll_seconds=LOCAL_POLL_SECONDS if current.is_local else GCE_POLL_SECONDS,
+            heartbeat_stale_seconds=current.heartbeat_stale_seconds,
+        ),
+        keep_alive=job.keep_alive,
+        taken_down=lambda: jobstore.down_marked(state_dir, job.name),
+        serial=(serial.get("instance"), int(serial.get("next") or 0)),
+        on_serial=save_serial,
     )
-    outcome = supervisor.run()
-    if outcome.zone != machine.zone:
-        machine = dataclasses.replace(machine, zone=outcome.zone)
-        jobstore.save(current.local_state_dir, job, machine, launched.extra_metadata)
+    try:
+        outcome = supervisor.run()
+    except KeyboardInterrupt:
+        raise Exit(
+            f"interrupted: {job.name} {_vm_state(supervisor.last_status)}; "
+            f"`invoke watch {job.name}` resumes supervision",
+            code=INTERRUPTED_EXIT,
+        ) from None
+    finally:
+        if supervisor.zone != machine.zone:
+            machine = dataclasses.replace(machine, zone=supervisor.zone)
+            jobstore.update_machine(state_dir, job.name, machine)
+    if outcome.taken_down:
+        return
     for line in summary(job.name, machine, outcome.progress, outcome.restarts):
         print(line)
 
 
 def watch(c: Any, name: str) -> None:
     with user_errors():
-        cloud = open_cloud(settings(c))
-        _supervise(cloud, Launched(*jobstore.load(cloud.settings.local_state_dir, name)))
+        cloud = open_cloud(settings(c), start=False)
+        state_dir = cloud.settings.local_state_dir
+        launched = Launched(*jobstore.load(state_dir, name))
+        with jobstore.supervisor_lock(state_dir, name):
+            if jobstore.down_marked(state_dir, name) is not None:
+                # Taken down: watching brings the job back as a new run (its instance is
+                # created again, and a FAILED marker of the old run must not end the new one).
+                launched = restart_run(cloud, launched, lambda line: print(f"watch: {line}"))
+            _supervise(cloud, launched)
 
 
 def _latest_job(current: Settings) -> str:
@@ -194,7 +253,7 @@ def _instance(cloud: Cloud, name: str) -> InstanceInfo:
 
 def ssh_logs(c: Any, name: str | None, follow: bool) -> str:
     with user_errors():
-        cloud = open_cloud(settings(c), job_bucket=False)
+        cloud = open_cloud(settings(c), job_bucket=False, start=False)
         current = cloud.settings
         info = _instance(cloud, name or _latest_job(current))
         public = ensure_key(current.ssh_key_path, current.ssh_user)
@@ -213,7 +272,7 @@ def ssh_logs(c: Any, name: str | None, follow: bool) -> str:
 
 def status(c: Any) -> list[list[str]]:
     with user_errors():
-        cloud = open_cloud(settings(c))
+        cloud = open_cloud(settings(c), start=False)
         current = cloud.settings
         instances = {i.name: i for i in cloud.compute.list_instances(current.zones, JOB_LABEL)}
         recorded = set(jobstore.names(current.local_state_dir))
@@ -222,19 +281,40 @@ def status(c: Any) -> list[list[str]]:
         for name in sorted(set(instances) | recorded):
             job = machine = None
             if name in recorded:
-                job, machine, _ = jobstore.load(current.local_state_dir, name)
+                record = _read_record(current, name)
+                if isinstance(record, Path):
+                    rows.append(_unreadable_row(name, record))
+                    continue
+                job, machine = record
             info = instances.get(name)
             job_dir = job.job_dir if job else (info.metadata.get("job-dir") if info else None)
             progress = read_progress(cloud.open_job_dir(job_dir)) if job_dir else None
             steps = job.train_steps if job else None
-            rows.append(status_row(name, info, machine, steps, progress, now))
+            keep_alive = bool(job and job.keep_alive)
+            rows.append(status_row(name, info, machine, steps, progress, now, keep_alive))
     print_table(rows)
     return rows
 
 
+def _read_record(current: Settings, name: str) -> tuple[Any, Any] | Path:
+    """(job, machine) of a local job record, or the record's path when it cannot be read (cut
+    short, hand-edited, from another kit version): one bad file must not hide every other job."""
+    try:
+        job, machine, _ = jobstore.load(current.local_state_dir, name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # jobstore keeps one <name>.json per job under <local_state_dir>/jobs/.
+        return Path(current.local_state_dir) / "jobs" / f"{name}.json"
+    return job, machine
+
+
+def _unreadable_row(name: str, path: Path) -> list[str]:
+    row = [name, "-", f"UNREADABLE record {path}"]
+    return row + [""] * (len(STATUS_COLUMNS) - len(row))
+
+
 def preempt(c: Any, name: str) -> None:
     with user_errors():
-        cloud = open_cloud(settings(c), job_bucket=False)
+        cloud = open_cloud(settings(c), job_bucket=False, start=False)
         info = _instance(cloud, name)
         if not cloud.settings.is_local:
             print(f"WARNING: simulating a maintenance event on real GCE instance {name}")
@@ -246,11 +326,23 @@ def down(c: Any, name: str | None, all_jobs: bool) -> None:
     with user_errors():
         if bool(name) == bool(all_jobs):
             raise ConfigError("give one job NAME or --all (see `invoke status`)")
-        cloud = open_cloud(settings(c), job_bucket=False)
+        cloud = open_cloud(settings(c), job_bucket=False, start=False)
+        state_dir = cloud.settings.local_state_dir
+        # Recorded before the delete, so a supervisor never sees the instance gone without
+        # also seeing why, and never creates it again.
         if all_jobs:
             targets = cloud.compute.list_instances(cloud.settings.zones, JOB_LABEL)
+            for info in targets:
+                jobstore.mark_down(state_dir, info.name, time.time())
         else:
-            targets = [_instance(cloud, name)]
+            marked = jobstore.mark_down(state_dir, name, time.time())
+            try:
+                targets = [_instance(cloud, name)]
+            except ConfigError:
+                if not marked:
+                    raise
+                print(f"{name} has no instance; marked down (its supervisor stops)")
+                return
         for info in targets:
             cloud.compute.delete_instance(info.zone, info.name)
             print(f"deleted {info.name} in {info.zone} (job dir kept)")
@@ -260,10 +352,17 @@ def down(c: Any, name: str | None, all_jobs: bool) -> None:
 
 def plot(c: Any, name: str, output: str | None) -> Path:
     with user_errors():
-        cloud = open_cloud(settings(c))
+        cloud = open_cloud(settings(c), start=False)
         job_dir = cloud.open_job_dir(cloud.settings.job_dir(name))
+        metrics, attempts = job_dir.metrics(), job_dir.attempts()
+        recorded = name in jobstore.names(cloud.settings.local_state_dir)
+        if not metrics and not attempts and not recorded:
+            raise ConfigError(
+                f"unknown job {name!r}: no record here and nothing in {job_dir.url} "
+                "(see `invoke status`)"
+            )
         target = Path(output or f"{name}-timeline.png")
-        plot_timeline(name, job_dir.metrics(), job_dir.attempts(), target)
+        plot_timeline(name, metrics, attempts, target)
     print(f"wrote {target}")
     return target
 
@@ -292,12 +391,13 @@ def bake_image(
 def images_list(c: Any, family: str | None, backend: str | None) -> None:
     with user_errors("images"):
         current = settings(c, backend=backend, image_family=family)
-        found = open_cloud(current, job_bucket=False).compute.list_images(current.image_family)
+        cloud = open_cloud(current, job_bucket=False, start=False)
+        found = cloud.compute.list_images(current.image_family)
     print(format_table(found, current.image_family))
 
 
 def images_deprecate(c: Any, name: str, replacement: str, backend: str | None) -> None:
     with user_errors("images.deprecate"):
-        cloud = open_cloud(settings(c, backend=backend), job_bucket=False)
+        cloud = open_cloud(settings(c, backend=backend), job_bucket=False, start=False)
         cloud.compute.deprecate_image(name, replacement=replacement)
     print(f"image {name} is DEPRECATED" + (f" (replacement {replacement})" if replacement else ""))

@@ -9,11 +9,14 @@ instances still training on it.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,9 +26,15 @@ from survival.errors import ConfigError
 CSR_HOST = "https://source.developers.google.com"
 # A branch name we accept: git's own rules plus no shell metacharacters at all, so the value is
 # harmless wherever it travels (metadata, logs, startup.sh validates it again).
+BRANCH_MAX_CHARS = 100
 BRANCH_RE = re.compile(
     r"^(?!.*\.\.)(?!.*//)(?!.*\.lock$)[A-Za-z0-9][A-Za-z0-9._/-]{0,99}(?<![./])$"
 )
+FULL_REF_PREFIX = "refs/heads/"
+# File names that usually hold credentials. push-code leaves them out of the snapshot (the
+# trainer repo is shared with every VM and whoever can read it) unless --include names them.
+SECRET_PATTERNS = (".env", ".env.*", "*.env", "*.pem", "*.key", "id_rsa*", "*credentials*.json",
+                   "*.p12")  # fmt: skip
 SNAPSHOT_AUTHOR = {
     "GIT_AUTHOR_NAME": "gce-survival-kit push-code",
     "GIT_AUTHOR_EMAIL": "push-code@gce-survival-kit.invalid",
@@ -39,9 +48,30 @@ class PushResult:
     commit: str
     branch: str
     remote: str
+    # Files of the working tree left out because they look like secrets.
+    left_out: tuple[str, ...] = ()
+
+
+def normalize_branch(branch: str) -> str:
+    """``refs/heads/x`` → ``x``: the kit always pushes to refs/heads/BRANCH itself."""
+    if isinstance(branch, str) and branch.startswith(FULL_REF_PREFIX):
+        return branch[len(FULL_REF_PREFIX) :]
+    return branch
 
 
 def validate_branch(branch: str) -> str:
+    """The branch's short name (``refs/heads/`` dropped), or ConfigError saying what is wrong."""
+    branch = normalize_branch(branch)
+    if isinstance(branch, str) and len(branch) > BRANCH_MAX_CHARS:
+        raise ConfigError(
+            f"branch {branch[:20]!r}... is not allowed: it is too long ({len(branch)} "
+            f"characters; at most {BRANCH_MAX_CHARS})"
+        )
+    if isinstance(branch, str) and branch.startswith("refs/"):
+        raise ConfigError(
+            f"branch {branch!r} is not allowed: give a branch name, e.g. --branch exp1 "
+            "(push-code writes refs/heads/BRANCH)"
+        )
     if not BRANCH_RE.match(branch or ""):
         raise ConfigError(
             f"branch {branch!r} is not allowed: use letters, digits and . _ / - only "
@@ -87,27 +117,78 @@ def remote_branch_tip(worktree: Path, remote: str, branch: str) -> str | None:
     return out.split()[0] if out else None
 
 
-def snapshot(worktree: Path, message: str, extra_parent: str | None = None) -> str:
-    """Commit the working tree as it is (tracked + untracked, minus ignored) without touching
-    the user's index or refs; return the commit hash."""
+def looks_secret(path: str) -> bool:
+    name = path.rpartition("/")[2]
+    return any(fnmatch.fnmatchcase(name.lower(), pattern) for pattern in SECRET_PATTERNS)
+
+
+def _included(toplevel: Path, worktree: Path, include: Iterable[str]) -> list[str]:
+    """--include FILE arguments as paths relative to the top of the working tree."""
+    paths = []
+    for item in include:
+        path = (worktree / item).resolve()
+        if not path.is_file():
+            raise ConfigError(f"--include {item}: no such file in {worktree}")
+        try:
+            paths.append(path.relative_to(toplevel.resolve()).as_posix())
+        except ValueError:
+            raise ConfigError(f"--include {item}: not inside the working tree {toplevel}") from None
+    return paths
+
+
+def snapshot(
+    worktree: Path,
+    message: str,
+    extra_parent: str | None = None,
+    include: Iterable[str] = (),
+) -> tuple[str, tuple[str, ...]]:
+    """Commit the working tree as it is (tracked + untracked, minus what .gitignore ignores and
+    files that look like secrets, unless ``include`` names them) without touching the user's
+    index or refs; return the commit hash and the files left out as secrets."""
     toplevel = Path(_git(["rev-parse", "--show-toplevel"], worktree))
     head = _git(["rev-parse", "--verify", "--quiet", "HEAD"], toplevel, check=False) or None
+    wanted = _included(toplevel, worktree, include)
     with tempfile.TemporaryDirectory(prefix="survival-index-") as tmp:
-        env = {**os.environ, **SNAPSHOT_AUTHOR, "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        env = {
+            **os.environ,
+            **SNAPSHOT_AUTHOR,
+            "GIT_INDEX_FILE": str(Path(tmp) / "index"),
+            # Paths below are file names, never patterns (a file may be called "*.pem").
+            "GIT_LITERAL_PATHSPECS": "1",
+        }
         if head:
             _git(["read-tree", head], toplevel, env)
         _git(["add", "--all", "--", "."], toplevel, env)
+        staged = _git(["ls-files", "-z"], toplevel, env).split("\0")
+        left_out = tuple(p for p in staged if p and looks_secret(p) and p not in wanted)
+        if left_out:
+            _git(["rm", "--cached", "--quiet", "--", *left_out], toplevel, env)
+        if wanted:
+            # Asked for by name: taken even where .gitignore would leave it out.
+            _git(["add", "--force", "--", *wanted], toplevel, env)
         tree = _git(["write-tree"], toplevel, env)
         parents: list[str] = []
         for parent in (head, extra_parent):
             if parent and parent not in parents:
                 parents += ["-p", parent]
-        return _git(["commit-tree", tree, *parents, "-m", message], toplevel, env)
+        commit = _git(["commit-tree", tree, *parents, "-m", message], toplevel, env)
+    return commit, left_out
 
 
-def push_code(worktree: Path, remote: str, branch: str) -> PushResult:
-    """Snapshot ``worktree`` and push it to refs/heads/BRANCH of ``remote``."""
-    validate_branch(branch)
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def push_code(
+    worktree: Path,
+    remote: str,
+    branch: str,
+    include: Iterable[str] = (),
+    warn: Callable[[str], None] = _warn,
+) -> PushResult:
+    """Snapshot ``worktree`` and push it to refs/heads/BRANCH of ``remote``. Files that look like
+    secrets are left out (one ``warn`` line names them) unless ``include`` names them."""
+    branch = validate_branch(branch)
     ensure_local_remote(remote)
     tip = remote_branch_tip(worktree, remote, branch)
     if tip:
@@ -115,17 +196,24 @@ def push_code(worktree: Path, remote: str, branch: str) -> PushResult:
         _git(
             [*credential_args(remote), "fetch", "--quiet", remote, f"refs/heads/{branch}"], worktree
         )
-    commit = snapshot(worktree, f"push-code snapshot for branch {branch}", extra_parent=tip)
+    commit, left_out = snapshot(
+        worktree, f"push-code snapshot for branch {branch}", extra_parent=tip, include=include
+    )
+    if left_out:
+        warn(
+            f"push-code: WARNING: left out {len(left_out)} file(s) that look like secrets: "
+            f"{', '.join(left_out)} (push one on purpose with --include FILE)"
+        )
     _git(
         [*credential_args(remote), "push", "--quiet", remote, f"{commit}:refs/heads/{branch}"],
         worktree,
     )
-    return PushResult(commit=commit, branch=branch, remote=remote)
+    return PushResult(commit=commit, branch=branch, remote=remote, left_out=left_out)
 
 
 def require_branch(worktree: Path, remote: str, branch: str) -> str:
     """The tip of an already pushed branch, or a clear error saying how to push it."""
-    validate_branch(branch)
+    branch = validate_branch(branch)
     ensure_local_remote(remote)
     tip = remote_branch_tip(worktree, remote, branch)
     if not tip:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "ssh_key_path": "~/.ssh/google_compute_engine",
     "disk_size_gb": 50,
     "max_restarts": 20,
+    "heartbeat_stale_seconds": 300,
 }
 
 # Invoke's layers, highest precedence first, with the words `invoke config` prints.
@@ -103,6 +105,8 @@ class Settings:
     ssh_key_path: Path
     disk_size_gb: int
     max_restarts: int
+    # The supervisor restarts a RUNNING VM whose trainer heartbeat has not moved for this long.
+    heartbeat_stale_seconds: int
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -141,6 +145,36 @@ class Settings:
                 f"(known: {', '.join(DEFAULTS)})"
             )
         return _build(raw, sources_of(config))
+
+
+ENV_PREFIX = "INVOKE_SURVIVAL_"
+
+
+def check_env_vars(environ: Mapping[str, str]) -> None:
+    """ConfigError for the first INVOKE_SURVIVAL_<KEY> that Invoke itself could not load.
+
+    Invoke casts an env var to the type of the value it overrides (a whole number for
+    max_restarts, gpu_count, disk_size_gb) and cannot read lists (zones, scopes) from the
+    environment at all; either way it fails with a traceback before our validation runs. Other
+    values are checked with the rest of the settings, by `Settings.from_invoke`.
+    """
+    for key, default in DEFAULTS.items():
+        var = f"{ENV_PREFIX}{key.upper()}"
+        if var not in environ:
+            continue
+        value = environ[var]
+        if isinstance(default, list):
+            raise ConfigError(
+                f"env var {var}: Invoke cannot read a list from the environment; set "
+                f"survival.{key} in invoke.yaml or a runtime file (invoke -f FILE)"
+            )
+        if isinstance(default, int) and not isinstance(default, bool):
+            try:
+                int(value)
+            except ValueError:
+                raise ConfigError(
+                    f"env var {var}={value[:40]!r}: survival.{key} must be a whole number"
+                ) from None
 
 
 def sources_of(config: Any) -> dict[str, str]:
@@ -257,6 +291,9 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
         ssh_key_path=Path(str(raw["ssh_key_path"])).expanduser(),
         disk_size_gb=_as_int("disk_size_gb", raw["disk_size_gb"], 10),
         max_restarts=_as_int("max_restarts", raw["max_restarts"], 0),
+        heartbeat_stale_seconds=_as_int(
+            "heartbeat_stale_seconds", raw["heartbeat_stale_seconds"], 10
+        ),
         sources=sources,
     )
 

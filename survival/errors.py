@@ -84,3 +84,42 @@ def classify_operation_error(
     if http_status in TRANSIENT_HTTP_STATUSES:
         return TransientError(f"{zone}: {','.join(codes) or http_status}: {message}")
     return ConfigError(f"{zone}: {','.join(codes) or http_status}: {message}")
+
+
+class SupervisedElsewhere(ConfigError):
+    """Another supervisor on this machine holds the job's lock (the message names its pid)."""
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the endpoint could not be reached" (refused, reset, DNS, timeout)
+    rather than an answer from it: retried like a 5xx. The SDKs are imported lazily."""
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    try:
+        import requests
+
+        found += [requests.exceptions.ConnectionError, requests.exceptions.Timeout]
+    except ImportError:  # pragma: no cover - a pinned dependency of the google SDKs
+        pass
+    try:
+        from google.auth.exceptions import TransportError as AuthTransportError
+
+        found.append(AuthTransportError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(found)
+
+
+def as_transient(err: BaseException, where: str) -> TransientError | None:
+    """``err`` as a TransientError when it is a transport error, a 5xx or a 429 (from any
+    google SDK, storage included); None when it is something else."""
+    if isinstance(err, TransientError):
+        return err
+    if isinstance(err, transport_errors()):
+        return TransientError(f"{where}: cannot reach the endpoint ({type(err).__name__})")
+    try:
+        from google.api_core import exceptions as api
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(err, (api.ServerError, api.TooManyRequests)):
+        return TransientError(f"{where}: {getattr(err, 'code', '')} {type(err).__name__}")
+    return None

@@ -23,6 +23,7 @@ from survival.errors import (
     SurvivalError,
     TransientError,
     classify_operation_error,
+    transport_errors,
 )
 from survival.images import ImageInfo, image_info, newest_first
 from survival.sdk import api_exceptions, compute_v1, make_client, wait_until_done
@@ -142,10 +143,17 @@ class GoogleCompute:
                 exc.GatewayTimeout, exc.DeadlineExceeded) as err:  # fmt: skip
             raise TransientError(f"{where}: {err.message}") from err
         except exc.GoogleAPICallError as err:
+            if isinstance(err, exc.ServerError):  # any other 5xx: transient too
+                raise TransientError(f"{where}: {err.message}") from err
             mapped = translate(where, err, exc)
             if mapped is None:
                 raise
             raise mapped from err
+        except transport_errors() as err:
+            # Refused/reset connections, DNS failures, timeouts: the API did not answer at all.
+            raise TransientError(
+                f"{where}: cannot reach the Compute API ({type(err).__name__})"
+            ) from err
 
     def _wait(self, operation: Any, zone: str | None) -> None:
         """Wait for DONE through an operations client with our endpoint; raise on errors."""
@@ -153,12 +161,12 @@ class GoogleCompute:
             client = self._client("ZoneOperationsClient")
 
             def refresh(name: str) -> Any:
-                return client.get(project=self.project, zone=zone, operation=name)
+                return self._call(client.get, zone, project=self.project, zone=zone, operation=name)
         else:
             client = self._client("GlobalOperationsClient")
 
             def refresh(name: str) -> Any:
-                return client.get(project=self.project, operation=name)
+                return self._call(client.get, "global", project=self.project, operation=name)
 
         finished = wait_until_done(
             operation,

@@ -4,13 +4,26 @@ attempts.jsonl, the LEASE, manifests."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.jobdir import NOTICE_END_REASONS, AttemptStats, JobDir
+from trainer.storage import ABSENT_GENERATION, PreconditionFailed
+
+# What supervisors did to the job's VM, one JSON line each ({"event": "restart", ...}). Kept in
+# the job dir, next to the attempt records, so every supervisor (and `invoke status`) counts the
+# same restarts: a count in a supervisor's memory would be wrong for a second watcher or after a
+# resumed `invoke watch`.
+SUPERVISOR_EVENTS = "supervisor.jsonl"
+EVENT_RESTART = "restart"
+EVENT_STOP = "stop"
+EVENT_RUN = "run"
+APPEND_RETRIES = 5
 
 # NOTICE_END_REASONS is re-exported: survival code reads the end reasons from here.
-__all__ = ["NOTICE_END_REASONS", "Progress", "open_job_dir", "read_progress"]
+__all__ = ["NOTICE_END_REASONS", "Progress", "open_job_dir", "read_progress", "record_event"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +34,12 @@ class Progress:
     lease: dict[str, Any] | None
     checkpoint_step: int
     checkpoint_unix: float | None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def restarts(self) -> int:
+        """VM restarts by supervisors over the job's life (from the job dir's event records)."""
+        return sum(1 for e in self.events if e.get("event") == EVENT_RESTART)
 
     @property
     def stats(self) -> AttemptStats:
@@ -69,4 +88,32 @@ def read_progress(job_dir: JobDir) -> Progress:
         lease=job_dir.lease(),
         checkpoint_step=int(manifest["step"]) if manifest else 0,
         checkpoint_unix=manifest.get("created_unix") if manifest else None,
+        events=read_events(job_dir),
     )
+
+
+def read_events(job_dir: JobDir) -> list[dict[str, Any]]:
+    data = job_dir.store.read(SUPERVISOR_EVENTS)
+    events = []
+    for line in (data or b"").decode(errors="replace").splitlines():
+        try:
+            value = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            events.append(value)
+    return events
+
+
+def record_event(job_dir: JobDir, event: str, **fields: Any) -> None:
+    """Append one event record (a conditional write, retried when another writer got in)."""
+    line = json.dumps({"event": event, "at_unix": time.time(), **fields}, sort_keys=True) + "\n"
+    for _ in range(APPEND_RETRIES):
+        found = job_dir.store.read_with_generation(SUPERVISOR_EVENTS)
+        old, generation = found if found else (b"", ABSENT_GENERATION)
+        try:
+            job_dir.store.write(SUPERVISOR_EVENTS, old + line.encode(), if_generation=generation)
+            return
+        except PreconditionFailed:
+            continue
+    raise PreconditionFailed(f"{SUPERVISOR_EVENTS}: kept changing under {APPEND_RETRIES} tries")

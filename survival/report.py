@@ -65,12 +65,16 @@ def status_row(
     train_steps: int | None,
     progress: Progress | None,
     now_unix: float,
+    keep_alive: bool = False,
 ) -> list[str]:
     state = info.status if info else "(deleted)"
     if progress and progress.done:
         state = f"{state} / DONE"
     elif progress and progress.failed:
         state = f"{state} / FAILED"
+    if info and info.status == "RUNNING" and progress and (progress.done or progress.failed):
+        # The job has ended but its VM is still billed: it should have powered itself off.
+        state += " (keep-alive: VM up)" if keep_alive else " ! VM still up: invoke down"
     model = _model(info.provisioning_model) if info else (machine.provisioning if machine else "-")
     cost = "-"
     if machine and progress:

@@ -1,29 +1,49 @@
 """The supervisor: keeps a job's instance alive until the job dir says DONE (or FAILED).
 
-Loop (every ``poll_seconds``): stream new serial-console lines; read the job's progress; DONE →
-stop and summarise; FAILED → stop with the reason; instance TERMINATED without DONE → start it
-again, with exponential backoff between restarts; a capacity error on start → recreate the
-instance in the other zones of ``survival.zones`` (survival.placement); a transient API error, or
-no zone with capacity → retry after the backoff. ``--chaos`` preemptions are fired from the same
-loop. Clock and sleep are injected.
+Loop (every ``poll_seconds``): stop if the job was taken down (`invoke down`); stream new
+serial-console lines; read the job's progress; DONE or FAILED → make sure the VM stops (it should
+power itself off; after ``done_grace_seconds`` it is stopped, unless keep-alive), then summarise
+or report the reason; instance TERMINATED without DONE → start it again, with exponential backoff
+between restarts; RUNNING but the trainer's LEASE heartbeat has not moved for
+``heartbeat_stale_seconds`` → the trainer is hung: stop the VM (the next poll starts it again, and
+it resumes from the last checkpoint); a capacity error on start → recreate the instance in the
+other zones of ``survival.zones`` (survival.placement). A transient error (a 5xx, 429, or no
+connection at all, from Compute or the job dir's storage), or no zone with capacity → retry after
+a jittered backoff, with one line per outage. ``--chaos`` preemptions are fired from the same
+loop. Clock, sleep and the jitter's random source are injected.
+
+Restarts are recorded in the job dir (survival.progress.record_event) and counted from there.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from survival.chaos import Chaos
-from survival.compute import Compute
-from survival.errors import CapacityError, JobFailed, SurvivalError, TransientError
+from survival.compute import Compute, InstanceInfo
+from survival.errors import CapacityError, JobFailed, SurvivalError, TransientError, as_transient
 from survival.placement import place, zones_from
-from survival.progress import Progress, read_progress
+from survival.progress import (
+    EVENT_RESTART,
+    EVENT_STOP,
+    Progress,
+    read_progress,
+    record_event,
+)
 
 POLL_SECONDS = 1.0
 BACKOFF_INITIAL_SECONDS = 2.0
 BACKOFF_MAX_SECONDS = 120.0
+# How long the guest gets to power itself off after DONE/FAILED before the supervisor stops it.
+DONE_GRACE_SECONDS = 120.0
+# No LEASE heartbeat for this long (the trainer beats every few seconds) means a hung trainer.
+# Keep it at or above the trainer's LEASE stale limit (300 s): the restarted trainer can take
+# the hung one's LEASE over only once it is stale.
+HEARTBEAT_STALE_SECONDS = 300.0
 RUNNING_STATES = frozenset({"PROVISIONING", "STAGING", "RUNNING"})
 STOPPED_STATES = frozenset({"TERMINATED", "STOPPED", "SUSPENDED"})
 
@@ -33,19 +53,27 @@ class Timing:
     poll_seconds: float = POLL_SECONDS
     backoff_initial_seconds: float = BACKOFF_INITIAL_SECONDS
     backoff_max_seconds: float = BACKOFF_MAX_SECONDS
+    done_grace_seconds: float = DONE_GRACE_SECONDS
+    heartbeat_stale_seconds: float = HEARTBEAT_STALE_SECONDS
 
 
 @dataclass
 class Outcome:
     progress: Progress
     zone: str
-    restarts: int
+    restarts: int  # counted from the job dir: every supervisor's, over the job's life
     zone_moves: int
     chaos_fired: list[int] = field(default_factory=list)
+    taken_down: bool = False  # stopped because of `invoke down`; progress is not DONE then
 
 
 class Supervisor:
-    """Watches one job. ``make_body(zone)`` builds the Instance body for a (re)create there."""
+    """Watches one job. ``make_body(zone)`` builds the Instance body for a (re)create there.
+
+    ``taken_down()`` returns the `invoke down` record (or None), checked every poll.
+    ``serial`` is where the serial console was left (instance creationTimestamp, next offset)
+    and ``on_serial`` is told every new position, so a resumed supervisor shows only new lines.
+    """
 
     def __init__(
         self,
@@ -63,6 +91,11 @@ class Supervisor:
         timing: Timing | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        keep_alive: bool = False,
+        taken_down: Callable[[], dict[str, Any] | None] = lambda: None,
+        serial: tuple[str | None, int] = (None, 0),
+        on_serial: Callable[[str | None, int], None] = lambda instance, offset: None,
+        rng: random.Random | None = None,
     ) -> None:
         self.compute = compute
         self.name = name
@@ -77,41 +110,81 @@ class Supervisor:
         self.timing = timing or Timing()
         self.clock = clock
         self.sleep = sleep
-        self.restarts = 0
+        self.keep_alive = keep_alive
+        self.taken_down = taken_down
+        self.on_serial = on_serial
+        # Jitter spreads the retries of many supervisors after a shared outage; not a secret.
+        self.rng = rng or random.Random()  # noqa: S311
+        self.restarts = 0  # by this supervisor; the reported count comes from the job dir
         self.zone_moves = 0
         self.chaos_fired: list[int] = []
-        self._serial_next = 0
+        self.last_status: str | None = None
+        self._serial_instance, self._serial_next = serial
         self._backoff_seconds = self.timing.backoff_initial_seconds
         self._not_before = 0.0
+        self._outage = False
+        # The LEASE heartbeat last seen, when (our clock) it last moved, and the boot it is of.
+        self._beat: Any = None
+        self._beat_since: float | None = None
+        self._beat_boot: str | None = None
 
     # --- pieces of one poll ----------------------------------------------------------------
+    def _say(self, line: str) -> None:
+        self.out(f"supervisor: {line}")
+
     def _stream_serial(self) -> None:
         if not self.follow_serial:
             return
         try:
-            text, self._serial_next = self.compute.serial_output(
-                self.zone, self.name, self._serial_next
-            )
+            text, following = self.compute.serial_output(self.zone, self.name, self._serial_next)
         except SurvivalError:
             return
+        if following != self._serial_next:
+            self._serial_next = following
+            self.on_serial(self._serial_instance, following)
         for line in text.splitlines():
             self.out(f"[{self.name}] {line}")
 
-    def _backoff(self) -> None:
-        self._not_before = self.clock() + self._backoff_seconds
+    def _progress(self) -> Progress:
+        try:
+            return read_progress(self.job_dir)
+        except Exception as err:
+            transient = as_transient(err, f"job dir {getattr(self.job_dir, 'url', '')}")
+            if transient is None:
+                raise
+            raise transient from err
+
+    def _record(self, event: str, **fields: Any) -> None:
+        try:
+            record_event(self.job_dir, event, name=self.name, zone=self.zone, **fields)
+        except Exception as err:
+            transient = as_transient(err, "job dir")
+            if transient is None:
+                raise
+            raise transient from err
+
+    def _backoff(self, jitter: bool = False) -> None:
+        delay = self._backoff_seconds
+        if jitter:
+            delay *= 0.5 + 0.5 * self.rng.random()
+        self._not_before = self.clock() + delay
         self._backoff_seconds = min(self._backoff_seconds * 2, self.timing.backoff_max_seconds)
+
+    def _reset_heartbeat(self) -> None:
+        self._beat, self._beat_since = None, None
 
     def _create_somewhere(self, zones: tuple[str, ...]) -> None:
         """Create the instance in the first of ``zones`` with capacity (NoCapacityError, a
         TransientError, when none has any: the loop backs off and tries again)."""
-        zone = place(
-            self.compute, zones, self.make_body, lambda line: self.out(f"supervisor: {line}")
-        )
+        zone = place(self.compute, zones, self.make_body, self._say)
         if zone != self.zone:
             self.zone_moves += 1
-            self._serial_next = 0
+        # A new instance has a new serial console: show it from its start.
+        self._serial_instance, self._serial_next = None, 0
+        self.on_serial(None, 0)
         self.zone = zone
-        self.out(f"supervisor: created {self.name} in {zone}")
+        self._reset_heartbeat()
+        self._say(f"created {self.name} in {zone}")
 
     def _restart(self) -> None:
         if self.restarts >= self.max_restarts:
@@ -120,11 +193,15 @@ class Supervisor:
                 f"resume with `invoke watch {self.name}`"
             )
         self.restarts += 1
-        self.out(f"supervisor: {self.name} is TERMINATED without DONE; restart {self.restarts}")
+        self._say(f"{self.name} is TERMINATED without DONE; restart {self.restarts}")
+        # Counted as it begins, like the line above: a start that fails with a capacity error
+        # turns into a create elsewhere, which is still this restart.
+        self._record(EVENT_RESTART)
+        self._reset_heartbeat()
         try:
             self.compute.start_instance(self.zone, self.name)
         except CapacityError as err:
-            self.out(f"supervisor: {self.zone} is out of capacity ({err.code}); moving zones")
+            self._say(f"{self.zone} is out of capacity ({err.code}); moving zones")
             self.compute.delete_instance(self.zone, self.name)
             # The other zones first; the full one last, in case capacity came back meanwhile.
             order = zones_from(self.zone, self.zones)
@@ -141,39 +218,135 @@ class Supervisor:
         )
         self.compute.preempt_instance(self.zone, self.name)
 
+    def _check_heartbeat(self, progress: Progress, info: InstanceInfo) -> None:
+        """Stop the VM when the trainer's heartbeat has not moved for heartbeat_stale_seconds of
+        our own clock (the VM's clock is never compared with ours); the next poll starts it."""
+        now = self.clock()
+        beat = (progress.lease or {}).get("heartbeat_unix")
+        boot = info.last_start_timestamp
+        if self._beat_since is None or beat != self._beat or boot != self._beat_boot:
+            self._beat, self._beat_since, self._beat_boot = beat, now, boot
+            return
+        silent = now - self._beat_since
+        if silent < self.timing.heartbeat_stale_seconds:
+            return
+        step, saved = progress.step, progress.checkpoint_step
+        self._say(
+            f"{self.name}: no trainer heartbeat for {silent:.0f}s (hung at step {step}); "
+            f"restarting the VM (stop, start): it resumes from step {saved}, "
+            f"{max(0, step - saved)} steps lost"
+        )
+        self._record(EVENT_STOP, reason="heartbeat", step=step, checkpoint_step=saved)
+        self._reset_heartbeat()
+        self.compute.stop_instance(self.zone, self.name)
+
+    def _ensure_stopped(self, what: str) -> None:
+        """After DONE/FAILED the guest powers itself off. Give it done_grace_seconds; then stop
+        it ourselves (unless keep-alive), so a VM whose startup script died stops billing."""
+        try:
+            deadline = self.clock() + self.timing.done_grace_seconds
+            while True:
+                info = self.compute.get_instance(self.zone, self.name)
+                status = info.status if info else None
+                if status is None or status in STOPPED_STATES:
+                    return
+                if self.keep_alive and status == "RUNNING":
+                    self._say(f"{self.name} stays RUNNING (keep-alive): `invoke down {self.name}`")
+                    return
+                if self.clock() >= deadline:
+                    break
+                self.sleep(self.timing.poll_seconds)
+            if status not in RUNNING_STATES:
+                self._say(f"{self.name} is still {status} {self.timing.done_grace_seconds:.0f}s "
+                          f"after {what}; check it with `invoke status`")  # fmt: skip
+                return
+            self._say(
+                f"{self.name} is still {status} {self.timing.done_grace_seconds:.0f}s after "
+                f"{what}; stopping it"
+            )
+            self.compute.stop_instance(self.zone, self.name)
+        except TransientError as err:
+            self._say(f"could not make sure {self.name} stopped ({err}): see `invoke status`")
+
+    def _stop_for_down(self, down: dict[str, Any]) -> Outcome:
+        self._say(
+            f"{self.name} was taken down (`invoke down`); not supervising it any more "
+            f"(`invoke watch {self.name}` brings it back)"
+        )
+        progress = self._progress()
+        return Outcome(
+            progress, self.zone, progress.restarts, self.zone_moves, self.chaos_fired, True
+        )
+
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> Outcome:
         while True:
-            self._stream_serial()
-            progress = read_progress(self.job_dir)
-            if progress.done:
-                self._stream_serial()
-                return Outcome(
-                    progress, self.zone, self.restarts, self.zone_moves, self.chaos_fired
-                )
-            if progress.failed:
-                raise JobFailed(f"{self.name}: FAILED: {progress.failed.get('reason')}")
-            if self.clock() >= self._not_before:
-                try:
-                    self._step(progress)
-                except TransientError as err:
-                    self.out(f"supervisor: {err}; retrying in {self._backoff_seconds:.0f}s")
-                    self._backoff()
+            if self._outage and self.clock() < self._not_before:
+                self.sleep(self.timing.poll_seconds)
+                continue
+            try:
+                outcome = self._poll()
+            except TransientError as err:
+                if not self._outage:
+                    # One line per outage: the retries that follow are silent until one works.
+                    self._outage = True
+                    self._say(f"{err}; retrying with backoff")
+                self._backoff(jitter=True)
+                outcome = None
+            if outcome is not None:
+                return outcome
             self.sleep(self.timing.poll_seconds)
+
+    def _poll(self) -> Outcome | None:
+        down = self.taken_down()
+        if down is not None:
+            return self._stop_for_down(down)
+        self._stream_serial()
+        progress = self._progress()
+        if progress.done:
+            self._stream_serial()
+            self._ensure_stopped("DONE")
+            progress = self._progress()
+            return Outcome(
+                progress, self.zone, progress.restarts, self.zone_moves, self.chaos_fired
+            )
+        if progress.failed:
+            self._ensure_stopped("FAILED")
+            raise JobFailed(f"{self.name}: FAILED: {progress.failed.get('reason')}")
+        if self.clock() >= self._not_before:
+            self._step(progress)
+            if self._outage:
+                self._outage = False
+                self._backoff_seconds = self.timing.backoff_initial_seconds
+        return None
 
     def _step(self, progress: Progress) -> None:
         info = self.compute.get_instance(self.zone, self.name)
+        self.last_status = info.status if info else None
         if info is None:
-            self.out(f"supervisor: {self.name} does not exist in {self.zone}; creating it")
+            # `invoke down` deletes the instance right after recording itself: look again
+            # before creating one, so a supervisor never brings back what was taken down.
+            if self.taken_down() is not None:
+                return
+            self._say(f"{self.name} does not exist in {self.zone}; creating it")
             self._create_somewhere(zones_from(self.zone, self.zones))
             return
+        if info.creation_timestamp and info.creation_timestamp != self._serial_instance:
+            if self._serial_instance is not None:
+                # Recreated since the offset was saved: its console starts again at 0.
+                self._serial_next = 0
+            self._serial_instance = info.creation_timestamp
+            self.on_serial(self._serial_instance, self._serial_next)
         if info.status in STOPPED_STATES:
             # DONE is written before the trainer powers off: read it again before restarting.
-            if read_progress(self.job_dir).done:
+            if self._progress().done:
                 return
             self._restart()
             self._backoff()
             return
         if info.status == "RUNNING":
             self._backoff_seconds = self.timing.backoff_initial_seconds
+            self._check_heartbeat(progress, info)
+        else:
+            self._reset_heartbeat()
         self._maybe_chaos(progress, info.status)

@@ -7,10 +7,14 @@ Settings come from the `survival:` section of invoke.yaml, INVOKE_SURVIVAL_* env
 
 from __future__ import annotations
 
-from invoke import Collection, task
+import os
 
-from survival.config import DEFAULTS
-from survival.request import TrainRequest
+from invoke import Collection, Exit, task
+from invoke.executor import Executor
+
+from survival.config import DEFAULTS, check_env_vars
+from survival.errors import ConfigError
+from survival.request import DEFAULT_CHECKPOINT_STEPS, DEFAULT_TRAIN_STEPS, TrainRequest
 
 _STATE_DIR_HELP = "localgce state dir (default: survival.local_state_dir, i.e. .localgce)"
 _BACKEND_HELP = "local or gce; default survival.backend"
@@ -74,24 +78,38 @@ def survival_config(c):
     cli.show_config(c)
 
 
-@task(help={"branch": "trainer-repo branch to push the snapshot to (required), e.g. exp1"})
-def push_code(c, branch):
-    """Snapshot the working tree (uncommitted changes too) as a commit on BRANCH of the repo."""
-    from survival import cli
-
-    cli.push_code(c, branch)
+_INCLUDE_HELP = (
+    "FILE to push although it looks like a secret (.env*, *.pem, *.key, id_rsa*, "
+    "*credentials*.json, *.p12 are left out otherwise); repeatable"
+)
 
 
 @task(
-    iterable=["hparam"],
+    iterable=["include"],
+    help={
+        "branch": "trainer-repo branch to push the snapshot to (required), e.g. exp1",
+        "include": _INCLUDE_HELP,
+    },
+)
+def push_code(c, branch, include=None):
+    """Snapshot the working tree (uncommitted changes too) as a commit on BRANCH of the repo."""
+    from survival import cli
+
+    cli.push_code(c, branch, tuple(include or ()))
+
+
+@task(
+    iterable=["hparam", "include"],
     help={
         "branch": "trainer-repo branch to push and train (required), e.g. exp1",
         "example": "trainer to run: keras_digits (default) or sklearn_digits",
-        "train_steps": "total training steps (default 300)",
-        "checkpoint_steps": "periodic checkpoint every K steps (default 50)",
+        "train_steps": f"total training steps (default {DEFAULT_TRAIN_STEPS})",
+        "checkpoint_steps": "periodic checkpoint every K steps; 0: only notice and final ones "
+        f"(default {DEFAULT_CHECKPOINT_STEPS})",
         "seed": "random seed; the same seed gives the same model (default 0)",
-        "hparam": "hyperparameter NAME=VALUE (number, true/false or a word); repeatable",
-        "name": "job and instance name (default: BRANCH-UTCDATE-TIME)",
+        "hparam": "hyperparameter NAME=VALUE, one the example declares (checked against its "
+        "type and range before anything is created); repeatable",
+        "name": "job and instance name (default: BRANCH-UTCDATE-TIME-xxxx, xxxx random)",
         "zone": "zone to try first (default: survival.zones in order)",
         "gpu": "GPUs as TYPE:COUNT, e.g. nvidia-tesla-t4:1, or none (default: survival.gpu_*)",
         "machine_type": "machine type (default: survival.machine_type)",
@@ -100,15 +118,18 @@ def push_code(c, branch):
         "chaos": "preempt the instance N times at random steps, to rehearse (default 0)",
         "push": "push the working tree first (default on); --no-push trains the pushed branch",
         "keep_alive": "leave the VM running after the job ends (default off)",
+        "include": _INCLUDE_HELP,
     },
 )
 def train(
     c,
     branch,
     example="keras_digits",
-    train_steps=300,
-    checkpoint_steps=50,
-    seed=0,
+    # The numbers are taken as text (None: not given) and checked by TrainRequest.from_flags:
+    # Invoke's own int parsing would answer `--train-steps abc` with a traceback.
+    train_steps=None,
+    checkpoint_steps=None,
+    seed=None,
     hparam=None,
     name=None,
     zone=None,
@@ -116,19 +137,24 @@ def train(
     machine_type=None,
     provisioning=None,
     follow=True,
-    chaos=0,
+    chaos=None,
     push=True,
     keep_alive=False,
+    include=None,
 ):
     """Push the code, launch a Spot VM that trains BRANCH, and bring it back until DONE."""
+    try:
+        request = TrainRequest.from_flags(
+            branch=branch, example=example, train_steps=train_steps,
+            checkpoint_steps=checkpoint_steps, seed=seed, hparams=tuple(hparam or ()), name=name,
+            zone=zone, gpu=gpu, machine_type=machine_type, provisioning=provisioning,
+            follow=follow, chaos=chaos, push=push, keep_alive=keep_alive,
+            include=tuple(include or ()),
+        )  # fmt: skip
+    except ConfigError as err:
+        raise Exit(f"error: {err}", code=1) from None
     from survival import cli
 
-    request = TrainRequest(
-        branch=branch, example=example, train_steps=train_steps,
-        checkpoint_steps=checkpoint_steps, seed=seed, hparams=tuple(hparam or ()), name=name,
-        zone=zone, gpu=gpu, machine_type=machine_type, provisioning=provisioning, follow=follow,
-        chaos=chaos, push=push, keep_alive=keep_alive,
-    )  # fmt: skip
     cli.train(c, request)
 
 
@@ -244,6 +270,23 @@ def images_deprecate(c, name, replacement="", backend=None):
     from survival import cli
 
     cli.images_deprecate(c, name, replacement, backend)
+
+
+class SurvivalExecutor(Executor):
+    """Invoke's executor, checking the INVOKE_SURVIVAL_* env vars first.
+
+    Invoke converts an env var to the type of the setting it overrides while it loads the
+    environment, before any task runs: INVOKE_SURVIVAL_MAX_RESTARTS=abc would be a ValueError
+    traceback from inside Invoke. invoke.yaml names this class (tasks.executor_class) so the same
+    mistake is one line instead.
+    """
+
+    def execute(self, *tasks):
+        try:
+            check_env_vars(os.environ)
+        except ConfigError as err:
+            raise Exit(f"error: {err}", code=1) from None
+        return super().execute(*tasks)
 
 
 ns = Collection()

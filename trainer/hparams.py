@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +20,44 @@ class HParamError(ValueError):
 
 @dataclass(frozen=True)
 class HParam:
-    """One hyperparameter: its type (int, float, str or bool), default and help text."""
+    """One hyperparameter: its type (int, float, str or bool), default and help text, and the
+    values it may take: ``minimum``/``maximum`` (inclusive) for numbers, ``choices`` for words.
+
+    The bounds are part of the declaration because a value of the right type can still make a run
+    useless (a negative learning rate diverges and still reaches DONE); the orchestrator checks
+    them before a VM exists and the runner checks them again on the VM.
+    """
 
     type: type
     default: Any
     help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def allowed(self) -> str:
+        """The accepted values in words, e.g. "int from 1 to 1024"."""
+        if self.choices is not None:
+            return "one of " + ", ".join(json.dumps(c) for c in self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.type.__name__} from {self.minimum:g} to {self.maximum:g}"
+        if self.minimum is not None:
+            return f"{self.type.__name__} >= {self.minimum:g}"
+        if self.maximum is not None:
+            return f"{self.type.__name__} <= {self.maximum:g}"
+        return self.type.__name__
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` (already of the declared type) if it is allowed, else HParamError."""
+        if self.type is float and not math.isfinite(value):
+            raise HParamError(f"hyperparameter {name!r} must be a finite number, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise HParamError(f"hyperparameter {name!r} must be {self.allowed()}, got {value!r}")
+        too_low = self.minimum is not None and value < self.minimum
+        too_high = self.maximum is not None and value > self.maximum
+        if too_low or too_high:
+            raise HParamError(f"hyperparameter {name!r} must be {self.allowed()}, got {value!r}")
+        return value
 
     def coerce(self, name: str, value: Any) -> Any:
         """Check a JSON value against the declared type; ints are accepted for floats."""
@@ -64,7 +99,7 @@ def add_flags(parser: argparse.ArgumentParser, spec: dict[str, HParam]) -> None:
             dest=f"hp_{name}",
             type=_parse_bool if param.type is bool else param.type,
             default=None,
-            help=f"{param.help} (default {param.default!r})",
+            help=f"{param.help}; {param.allowed()} (default {param.default!r})",
         )
     parser.add_argument(
         "--hparams-json",
@@ -96,7 +131,26 @@ def resolve(spec: dict[str, HParam], args: argparse.Namespace) -> dict[str, Any]
         value = getattr(args, f"hp_{name}")
         if value is not None:
             values[name] = value
+    for name, value in values.items():
+        spec[name].check(name, value)
     return values
+
+
+def validate(spec: Mapping[str, HParam], given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` (JSON-like values, e.g. parsed from NAME=VALUE flags) checked against ``spec``:
+    known names, declared types and allowed values. Returns the coerced values given (not the
+    defaults); HParamError names the first bad one and what is accepted."""
+    unknown = sorted(set(given) - set(spec))
+    if unknown:
+        raise HParamError(
+            f"unknown hyperparameter {unknown[0]!r}; this example accepts: "
+            + ", ".join(f"{name} ({spec[name].allowed()})" for name in sorted(spec))
+        )
+    checked = {}
+    for name, value in given.items():
+        param = spec[name]
+        checked[name] = param.check(name, param.coerce(name, value))
+    return checked
 
 
 def differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

@@ -15,12 +15,41 @@ from survival.placement import place, zones_from
 from survival.supervisor import JobFailed, Supervisor, Timing
 
 
+class MemoryStore:
+    """The part of trainer.storage.Store the orchestrator writes through (event records)."""
+
+    url = "mem://job"
+
+    def __init__(self):
+        self.objects = {}
+
+    def read(self, name):
+        found = self.read_with_generation(name)
+        return None if found is None else found[0]
+
+    def read_with_generation(self, name):
+        return self.objects.get(name)
+
+    def write(self, name, data, if_generation=None):
+        from trainer.storage import ABSENT_GENERATION, PreconditionFailed
+
+        current = self.objects.get(name, (None, ABSENT_GENERATION))[1]
+        if if_generation is not None and if_generation != current:
+            raise PreconditionFailed(name)
+        generation = str(int(current) + 1)
+        self.objects[name] = (data, generation)
+        return generation
+
+
 class FakeJobDir:
+    url = "mem://job"
+
     def __init__(self):
         self.done_marker = None
         self.failed_marker = None
         self.attempt_records = []
         self.lease_record = None
+        self.store = MemoryStore()
 
     def done(self):
         return self.done_marker
@@ -71,6 +100,10 @@ class FakeCompute:
         if zone in self.full_zones:
             raise CapacityError(zone, "ZONE_RESOURCE_POOL_EXHAUSTED", "full")
         self.instances[(zone, name)] = "RUNNING"
+
+    def stop_instance(self, zone, name):
+        self.calls.append(("stop", zone))
+        self.instances[(zone, name)] = "TERMINATED"
 
     def delete_instance(self, zone, name):
         self.calls.append(("delete", zone))

@@ -13,24 +13,28 @@ from pathlib import Path
 
 from trainer.data import batch_indices, load_digits
 from trainer.hparams import HParam
-from trainer.runner import main
 from trainer.task import Task
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # quiet TF's C++ info logs
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 MODEL_FILE = "model.keras"
 
+# Module level, and nothing above imports TensorFlow or the runner: `invoke train` imports this
+# module to check --hparam values before a VM exists. The bounds keep a run meaningful: Adam
+# diverges long before a learning rate of 1, and a batch cannot exceed the 1797 digits.
+HPARAMS = {
+    "learning_rate": HParam(float, 1e-3, "Adam learning rate", minimum=1e-7, maximum=1.0),
+    "batch_size": HParam(int, 64, "examples per step", minimum=1, maximum=1024),
+    "hidden_units": HParam(int, 128, "units in each hidden layer", minimum=1, maximum=4096),
+    "threads": HParam(int, 2, "TensorFlow intra-op threads", minimum=1, maximum=256),
+}
+
 
 class KerasDigits(Task):
     """A 2-hidden-layer MLP on scikit-learn's digits, Adam, one mini-batch per step."""
 
     framework = "keras"
-    hparams = {  # noqa: RUF012 - declared once per example, read by the runner
-        "learning_rate": HParam(float, 1e-3, "Adam learning rate"),
-        "batch_size": HParam(int, 64, "examples per step"),
-        "hidden_units": HParam(int, 128, "units in each hidden layer"),
-        "threads": HParam(int, 2, "TensorFlow intra-op threads"),
-    }
+    hparams = HPARAMS
     default_train_steps = 20000
     default_checkpoint_steps = 5000  # ≤2% overhead on 2 CPU cores: bench/checkpoint_overhead.py
 
@@ -93,4 +97,6 @@ class KerasDigits(Task):
 
 
 if __name__ == "__main__":
+    from trainer.runner import main
+
     sys.exit(main(KerasDigits))

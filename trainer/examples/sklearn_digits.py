@@ -12,23 +12,29 @@ import numpy as np
 
 from trainer.data import batch_indices, load_digits
 from trainer.hparams import HParam
-from trainer.runner import main
 from trainer.task import Task
 
 MODEL_FILE = "model.skops"
 # What we accept when loading a skops file from the job dir (never pickle from a bucket).
 TRUSTED_TYPES = ["sklearn.linear_model._stochastic_gradient.SGDClassifier"]
 
+# Module level, and nothing above imports scikit-learn or the runner: `invoke train` imports this
+# module to check --hparam values before a VM exists. A constant SGD step above 10 only diverges,
+# and a batch cannot exceed the 1797 digits.
+HPARAMS = {
+    "learning_rate": HParam(
+        float, 0.01, "constant SGD step size (eta0)", minimum=1e-7, maximum=10.0
+    ),
+    "alpha": HParam(float, 1e-4, "L2 regularisation strength", minimum=0.0, maximum=10.0),
+    "batch_size": HParam(int, 32, "examples per step", minimum=1, maximum=1024),
+}
+
 
 class SklearnDigits(Task):
     """Logistic regression by SGD on scikit-learn's digits, one mini-batch per step."""
 
     framework = "sklearn"
-    hparams = {  # noqa: RUF012 - declared once per example, read by the runner
-        "learning_rate": HParam(float, 0.01, "constant SGD step size (eta0)"),
-        "alpha": HParam(float, 1e-4, "L2 regularisation strength"),
-        "batch_size": HParam(int, 32, "examples per step"),
-    }
+    hparams = HPARAMS
     default_train_steps = 1000
     default_checkpoint_steps = 200
 
@@ -78,4 +84,6 @@ class SklearnDigits(Task):
 
 
 if __name__ == "__main__":
+    from trainer.runner import main
+
     sys.exit(main(SklearnDigits))
