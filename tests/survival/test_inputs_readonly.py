@@ -1,6 +1,7 @@
-"""Commands that only look at or end jobs never start localgce (they say it is not running and how to start it),
-train refuses a state dir whose parent is missing before starting anything, a corrupt job record
-is one unreadable row of `invoke status`, and `jobs.plot` of an unknown job says so."""
+"""Commands that only look at or end jobs never start localgce (they say it is not running and
+how to start it), train refuses a state dir whose parent is missing before starting anything, a
+corrupt job record is one unreadable row of `invoke status`, and `jobs.plot` of an unknown job
+says so."""
 
 from __future__ import annotations
 
