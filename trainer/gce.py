@@ -6,7 +6,8 @@ runner start ``NoticeWatcher`` threads (daemon, one per key). Each thread long-p
 ``on_notice(kind)`` when the value turns to the notice value: ``instance/preempted`` → TRUE
 (kind "preempted"), ``instance/maintenance-event`` → TERMINATE_ON_HOST_MAINTENANCE (kind
 "maintenance"). Errors back off and retry. ``stop()`` sets an event; the thread exits after its
-current request (bounded by the HTTP timeout). SIGTERM is handled by the runner, not here.
+current request (bounded by the HTTP timeout). SIGTERM is handled by the runner, not here; on a
+SIGTERM the runner reads ``stop_evidence()`` to tell a preemption from any other stop.
 """
 
 from __future__ import annotations
@@ -32,10 +33,11 @@ FIRST_ETAG = "0"  # never handed out by the server: the first call answers at on
 
 PREEMPTED_KEY = "instance/preempted"
 MAINTENANCE_KEY = "instance/maintenance-event"
+MAINTENANCE_TERMINATE = "TERMINATE_ON_HOST_MAINTENANCE"  # the VM will be stopped for it
 # (metadata key, value that means "notice", notice kind)
 NOTICE_KEYS = (
     (PREEMPTED_KEY, "TRUE", "preempted"),
-    (MAINTENANCE_KEY, "TERMINATE_ON_HOST_MAINTENANCE", "maintenance"),
+    (MAINTENANCE_KEY, MAINTENANCE_TERMINATE, "maintenance"),
 )
 
 
@@ -86,6 +88,26 @@ def holder_name(on_gce: bool) -> str:
         except MetadataError as error:
             log.warning("could not read instance/name (%s); using the host name", error)
     return socket.gethostname()
+
+
+def stop_evidence(timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> tuple[bool | None, bool]:
+    """(instance/preempted is TRUE, maintenance-event is TERMINATE_ON_HOST_MAINTENANCE), read
+    once when a SIGTERM arrives. Compute Engine sets preempted before its ACPI soft-off, so a
+    SIGTERM with preempted FALSE is some other stop (an API stop or delete, a guest power-off).
+    The first is None when it cannot be read: then nothing is known. Short timeouts: this runs
+    inside the shutdown window, before the notice save."""
+    try:
+        preempted: bool | None = (
+            metadata_get(PREEMPTED_KEY, timeout_seconds=timeout_seconds)[0].strip() == "TRUE"
+        )
+    except MetadataError as error:
+        log.warning("could not read %s (%s); the stop cause is unknown", PREEMPTED_KEY, error)
+        preempted = None
+    try:
+        event = metadata_get(MAINTENANCE_KEY, timeout_seconds=timeout_seconds)[0].strip()
+    except MetadataError:
+        event = ""
+    return preempted, event == MAINTENANCE_TERMINATE
 
 
 class NoticeWatcher(threading.Thread):

@@ -23,11 +23,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.storage import Store, StoreError, open_store
+from trainer.storage import ABSENT_GENERATION, PreconditionFailed, Store, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,49 @@ MANIFEST = "manifest.json"
 CKPT_PREFIX = "ckpt-"
 EXPORT_DIR = "export"
 LOGS_DIR = "logs"
+# The orchestrator's notes about the job (restarts, stops, hung restarts), one JSON object a line
+# with an "event" key. survival.progress appends its own kinds; the kinds below are the ones that
+# say why an attempt stopped, which only the orchestrator can see.
+SUPERVISOR_EVENTS = "supervisor.jsonl"
+# {"event": "hung-restart", "attempt": N, "at_unix": T, ...}: attempt N's heartbeat went stale and
+# the orchestrator stopped the VM to restart it.
+EVENT_HUNG_RESTART = "hung-restart"
+# {"event": "guest-shutdown", "attempt": N, "at_unix": T, ...}: the VM powered itself off under
+# attempt N (GCE shows it as a guest-initiated stop). Inside the guest such a power-off looks like
+# an API stop (ACPI soft-off, SIGTERM, preempted FALSE), so only the orchestrator can tell.
+EVENT_GUEST_SHUTDOWN = "guest-shutdown"
+EVENT_APPEND_RETRIES = 5
 
 # attempts.jsonl end_reason values: how an attempt ended.
 END_COMPLETED = "completed"  # reached --train-steps; DONE written
 END_NOTICE_SAVED = "notice-saved"  # saved on a preemption/shutdown notice, exited 75
 END_CRASHED = "crashed"  # an exception, or killed (recorded by the next attempt from its LEASE)
-# End reasons that mean "stopped by a notice" (a preemption, as the orchestrator counts them).
+# End reasons that mean "stopped by a notice" (saved and exited 75, whatever sent the notice).
 NOTICE_END_REASONS = frozenset({END_NOTICE_SAVED})
+
+# attempts.jsonl stop_cause values: why an attempt stopped (None: it completed). end_reason says
+# how it ended; a preempted attempt killed inside its save is end_reason crashed, cause preempted.
+STOP_PREEMPTED = "preempted"  # instance/preempted read TRUE (a Spot/preemptible preemption)
+STOP_HOST_MAINTENANCE = "host-maintenance"  # maintenance-event TERMINATE_ON_HOST_MAINTENANCE
+STOP_USER = "stopped"  # SIGTERM with preempted FALSE: an API stop/delete, or SIGTERM off GCE
+STOP_CRASHED = "crashed"  # an exception, or killed with no notice before it
+STOP_GUEST_SHUTDOWN = "guest-shutdown"  # from an EVENT_GUEST_SHUTDOWN note
+STOP_HUNG = "hung"  # from an EVENT_HUNG_RESTART note
+STOP_UNKNOWN = "unknown"  # SIGTERM whose evidence could not be read (or a record from before)
+STOP_CAUSES = (
+    STOP_PREEMPTED,
+    STOP_HOST_MAINTENANCE,
+    STOP_USER,
+    STOP_CRASHED,
+    STOP_GUEST_SHUTDOWN,
+    STOP_HUNG,
+    STOP_UNKNOWN,
+)
+# Causes the trainer itself saw; an orchestrator's guest-shutdown note does not override them.
+_SEEN_CAUSES = frozenset({STOP_PREEMPTED, STOP_HOST_MAINTENANCE})
+
+# Lines of a trainer log that name a step it reached (the runner's progress and save lines).
+_LOG_STEP = re.compile(rb"(?:\bstep ([0-9]+) loss\b|\bcheckpoint ckpt-([0-9]+) saved\b)")
 
 _ATTEMPT_LOG = re.compile(r"attempt-([0-9]+)\.log")
 
@@ -145,15 +181,128 @@ def next_attempt_number(
     return max(numbers, default=0) + 1
 
 
+def stop_cause(
+    notice: str | None, notices_seen: Iterable[str], preempted: bool | None, maintenance: bool
+) -> str:
+    """Why an attempt got its stopping notice (``notice``: "preempted" or "sigterm"), from the
+    evidence: the notices seen before it, instance/preempted as read when it came (False off GCE,
+    where only a user or a process sends SIGTERM; None: could not be read), and whether
+    maintenance-event read TERMINATE_ON_HOST_MAINTENANCE."""
+    if notice == "preempted" or preempted:
+        return STOP_PREEMPTED
+    if maintenance or "maintenance" in notices_seen:
+        return STOP_HOST_MAINTENANCE
+    return STOP_UNKNOWN if preempted is None else STOP_USER
+
+
+def record_stop_cause(record: dict) -> str | None:
+    """A record's stop cause: its ``stop_cause``, or for a record written before that field
+    existed what its end reason and notice say. None for a completed attempt."""
+    if "stop_cause" in record:
+        return record["stop_cause"]
+    reason = record.get("end_reason")
+    if reason == END_COMPLETED:
+        return None
+    if reason == END_CRASHED:
+        return STOP_CRASHED
+    # A notice save: only a "preempted" notice proves a preemption; a SIGTERM may have been any
+    # stop at all.
+    return STOP_PREEMPTED if record.get("notice") == "preempted" else STOP_UNKNOWN
+
+
+def end_step_is_lower_bound(record: dict) -> bool:
+    """Is the record's end_step only a lower bound? True for an attempt that was killed: its
+    record comes from what it last reported, which may lag the step it reached. A record from
+    before the flag existed is a killed one when it has no pid (the process wrote none)."""
+    if "end_step_lower_bound" in record:
+        return bool(record["end_step_lower_bound"])
+    return record.get("end_reason") == END_CRASHED and "pid" not in record
+
+
+def steps_in_log(text: bytes | None) -> list[int]:
+    """Steps an attempt's log says it reached (progress lines and checkpoint saves)."""
+    return [int(a or b) for a, b in _LOG_STEP.findall(text or b"")]
+
+
+def killed_attempt_record(
+    lease: dict, metrics: Iterable[dict] = (), log_text: bytes | None = None
+) -> dict:
+    """The record of an attempt that died without writing one. Its end step is the furthest it
+    is known to have reached: the LEASE's last heartbeat, its own metrics.jsonl rows, its uploaded
+    log. A lower bound all the same: whatever it did after its last report is unknown."""
+    number = _attempt_number(lease.get("attempt"))
+    sources: dict[str, int] = {}
+    if lease.get("step") is not None:
+        sources["lease"] = int(lease["step"])
+    rows = [
+        int(r["step"])
+        for r in metrics
+        if _attempt_number(r.get("attempt")) == number and isinstance(r.get("step"), int)
+    ]
+    if rows:
+        sources["metrics"] = max(rows)
+    logged = steps_in_log(log_text)
+    if logged:
+        sources["log"] = max(logged)
+    return {
+        "attempt": lease.get("attempt"),
+        "start_unix": lease.get("started_unix"),
+        "end_unix": lease.get("heartbeat_unix"),
+        "resumed_from_step": lease.get("resumed_from_step"),
+        "end_step": max(sources.values(), default=None),
+        "end_step_lower_bound": True,
+        "end_step_sources": sources,
+        "end_reason": END_CRASHED,
+        # A notice that came before the kill (e.g. a preemption whose save outlasted the
+        # window) is in the LEASE: that is why it stopped.
+        "stop_cause": lease.get("stop_cause") or STOP_CRASHED,
+        "notice": None,
+        "holder": lease.get("holder"),
+        "note": "no record: the process was killed; end_* from its last reports",
+    }
+
+
 def lost_steps(records: list[dict]) -> int:
     """Steps trained but not saved before an attempt ended (a lower bound for killed attempts)."""
-    lost = 0
+    return _lost_steps(records)[0]
+
+
+def _lost_steps(records: list[dict]) -> tuple[int, bool]:
+    """(steps lost between each attempt and the step the next one resumed from, whether that
+    is only a lower bound because a killed attempt's end step is)."""
+    lost, lower_bound = 0, False
     for before, after in itertools.pairwise(records):
         end_step = before.get("end_step")
         resumed = after.get("resumed_from_step")
         if end_step is not None and resumed is not None:
             lost += max(0, int(end_step) - int(resumed))
-    return lost
+            lower_bound = lower_bound or end_step_is_lower_bound(before)
+    return lost, lower_bound
+
+
+def stop_causes(records: list[dict], events: Iterable[dict] = ()) -> dict[str, int]:
+    """Stopped attempts by cause (completed attempts are not stops). The orchestrator's notes
+    name attempts it saw hang (overrides all) or power themselves off (overrides what the
+    trainer could not tell apart: a plain stop or a kill)."""
+    noted: dict[int, str] = {}
+    for event in events:
+        kind = event.get("event")
+        number = _attempt_number(event.get("attempt"))
+        if number and kind == EVENT_HUNG_RESTART:
+            noted[number] = STOP_HUNG
+        elif number and kind == EVENT_GUEST_SHUTDOWN:
+            noted.setdefault(number, STOP_GUEST_SHUTDOWN)
+    counts: dict[str, int] = {}
+    for record in records:
+        cause = record_stop_cause(record)
+        note = noted.get(_attempt_number(record.get("attempt")))
+        if note == STOP_HUNG or (
+            note is not None and cause is not None and cause not in _SEEN_CAUSES
+        ):
+            cause = note
+        if cause is not None:
+            counts[cause] = counts.get(cause, 0) + 1
+    return counts
 
 
 @dataclass(frozen=True)
@@ -163,14 +312,29 @@ class AttemptStats:
 
     attempts: int  # attempts with a record
     notices: int  # every notice seen, maintenance included
-    preemptions: int  # attempts that ended by saving on a stopping notice
+    # Attempts that ended by saving on a stopping notice, whatever sent it (a preemption, an API
+    # stop, a guest power-off): ``preempted`` counts real preemptions.
+    preemptions: int
     crashes: int
     lost_steps: int
     attempt_seconds: float  # time the recorded attempts ran
     first_start_unix: float | None
+    # The fields below are details derived from the same records: they stay out of ==, so stats
+    # with the same counts compare as they did before these fields existed.
+    # Stopped attempts by cause (STOP_* → count; completed attempts are not stops).
+    stop_causes: dict[str, int] = field(default_factory=dict, compare=False)
+    preempted: int = field(default=0, compare=False)  # stop_causes[STOP_PREEMPTED]
+    # lost_steps is only a lower bound: a killed attempt's last report may lag its last step.
+    lost_steps_lower_bound: bool = field(default=False, compare=False)
+
+    @property
+    def lost_steps_text(self) -> str:
+        """``≥ N`` when the figure is a lower bound, else ``N``: how every summary prints it."""
+        return f"≥ {self.lost_steps}" if self.lost_steps_lower_bound else str(self.lost_steps)
 
     @classmethod
-    def from_records(cls, records: list[dict]) -> AttemptStats:
+    def from_records(cls, records: list[dict], events: Iterable[dict] = ()) -> AttemptStats:
+        """``events``: the orchestrator's notes (JobDir.events()), which name hung attempts."""
         seconds = 0.0
         for record in records:
             start, end = record.get("start_unix"), record.get("end_unix")
@@ -179,6 +343,8 @@ class AttemptStats:
             if start is not None and end is not None:
                 seconds += max(0.0, float(end) - float(start))
         starts = [float(r["start_unix"]) for r in records if r.get("start_unix")]
+        lost, lower_bound = _lost_steps(records)
+        causes = stop_causes(records, events)
         return cls(
             attempts=len(records),
             notices=sum(
@@ -187,9 +353,12 @@ class AttemptStats:
             ),
             preemptions=sum(1 for r in records if r.get("end_reason") in NOTICE_END_REASONS),
             crashes=sum(1 for r in records if r.get("end_reason") == END_CRASHED),
-            lost_steps=lost_steps(records),
+            lost_steps=lost,
             attempt_seconds=seconds,
             first_start_unix=min(starts, default=None),
+            stop_causes=causes,
+            preempted=causes.get(STOP_PREEMPTED, 0),
+            lost_steps_lower_bound=lower_bound,
         )
 
 
@@ -222,6 +391,31 @@ class JobDir:
 
     def metrics(self) -> list[dict]:
         return _jsonl(self.store.read(METRICS))
+
+    def events(self) -> list[dict]:
+        """The orchestrator's notes (SUPERVISOR_EVENTS), oldest first."""
+        return [e for e in _jsonl(self.store.read(SUPERVISOR_EVENTS)) if isinstance(e, dict)]
+
+    def record_event(self, event: str, **fields: Any) -> dict:
+        """Append one note to SUPERVISOR_EVENTS, e.g. ``record_event(EVENT_HUNG_RESTART,
+        attempt=N)``. Several watchers may write it: each append is conditional on the
+        generation read, and retried when another got in first."""
+        note = {**fields, "event": event, "at_unix": fields.get("at_unix", time.time())}
+        for _ in range(EVENT_APPEND_RETRIES):
+            found = self.store.read_with_generation(SUPERVISOR_EVENTS)
+            old, generation = found if found else (b"", ABSENT_GENERATION)
+            try:
+                self.store.write(SUPERVISOR_EVENTS, old + _dumps(note), if_generation=generation)
+                return note
+            except PreconditionFailed:
+                continue
+        raise PreconditionFailed(
+            f"{SUPERVISOR_EVENTS}: kept changing under {EVENT_APPEND_RETRIES} tries"
+        )
+
+    def attempt_log(self, attempt: int) -> bytes | None:
+        """The log startup.sh uploaded for an attempt, if any."""
+        return self.store.read(f"{LOGS_DIR}/{attempt_log_name(attempt)}")
 
     def attempt_log_names(self) -> list[str]:
         return [name.rpartition("/")[2] for name in self.store.list(f"{LOGS_DIR}/")]

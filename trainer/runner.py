@@ -9,7 +9,8 @@ Lifecycle of one attempt (one trainer process):
      If a metadata server answers, daemon threads long-poll preempted / maintenance-event.
   4. Loop until --train-steps: one step, metrics at a cadence, a periodic checkpoint every
      --checkpoint-steps. Between steps the loop checks the notice flag: SIGTERM or preempted →
-     save (reason "notice") and exit 75; maintenance → save now and keep training.
+     classify the stop cause (preempted, host maintenance, a plain stop), save (reason "notice")
+     and exit 75; maintenance → save now and keep training.
   5. At --train-steps: final checkpoint, export, DONE, attempt record, release the LEASE.
 A SIGKILLed attempt leaves its LEASE behind; the next attempt records it as "crashed".
 """
@@ -36,10 +37,13 @@ from trainer.jobdir import (
     END_COMPLETED,
     END_CRASHED,
     END_NOTICE_SAVED,
+    STOP_CRASHED,
     AttemptStats,
     JobDir,
     killed_attempt,
+    killed_attempt_record,
     next_attempt_number,
+    stop_cause,
 )
 from trainer.lease import DEFAULT_STALE_SECONDS, Heartbeat, Lease, LeaseHeld
 from trainer.scratch import Scratch
@@ -162,6 +166,8 @@ class Runner:
         self.notice_kind: str | None = None
         self.notice_step: int | None = None
         self.notices_seen: list[str] = []
+        self.on_gce = False
+        self.stop_cause: str | None = None  # why the attempt is stopping, once a notice came
         self._notice_lock = threading.Lock()
         self.metrics_buffer: list[dict] = []
         self.metrics_keep_up_to: int | None = None
@@ -253,20 +259,34 @@ class Runner:
             )
 
     def record_killed_attempt(self, killed: dict) -> None:
-        """Append the record of an attempt that died without one, from the LEASE it left."""
-        self.job.append_attempt(
-            {
-                "attempt": killed.get("attempt"),
-                "start_unix": killed.get("started_unix"),
-                "end_unix": killed.get("heartbeat_unix"),
-                "resumed_from_step": killed.get("resumed_from_step"),
-                "end_step": killed.get("step"),
-                "end_reason": END_CRASHED,
-                "notice": None,
-                "holder": killed.get("holder"),
-                "note": "no record: the process was killed; end_* from its last heartbeat",
-            }
-        )
+        """Append the record of an attempt that died without one, from the LEASE it left and
+        its other reports. Runs before this attempt's first metrics flush, which drops the
+        killed attempt's rows past the step resumed from."""
+        number = killed.get("attempt")
+        log_text = None
+        if isinstance(number, int) and number > 0:
+            try:
+                log_text = self.job.attempt_log(number)
+            except StoreError:
+                raise
+            except Exception as error:  # the log only sharpens the figure; go on without it
+                log.warning("cannot read the log of attempt %s (%s)", number, error)
+        self.job.append_attempt(killed_attempt_record(killed, self.job.metrics(), log_text))
+
+    def classify_stop(self, attempt: Attempt, kind: str) -> str:
+        """Why this attempt is stopping, from the evidence at hand when the notice is taken
+        (before the save), and put into the LEASE so that a record written from it, if the
+        save is cut short by a kill, still says why."""
+        if kind == "preempted":
+            preempted, maintenance = True, False
+        elif self.on_gce:
+            preempted, maintenance = gce.stop_evidence()
+        else:
+            preempted, maintenance = False, False  # off GCE only a user or a process stops us
+        self.stop_cause = stop_cause(kind, self.notices_seen, preempted, maintenance)
+        with attempt.heartbeat.lock:
+            attempt.lease.extra["stop_cause"] = self.stop_cause
+        return self.stop_cause
 
     def run(self) -> int:
         args = self.args
@@ -286,7 +306,7 @@ class Runner:
             # Numbered as `python -m trainer.jobdir next-attempt` numbers it for startup.sh, so
             # this attempt's record and its uploaded log carry the same number.
             number = next_attempt_number(recorded, previous, self.job.attempt_log_names())
-            on_gce = gce.probe()
+            on_gce = self.on_gce = gce.probe()
             lease = Lease(
                 self.job.store,
                 holder=gce.holder_name(on_gce),
@@ -361,6 +381,7 @@ class Runner:
                 log.warning("notice %r at step %d: saving now", kind, self.step)
                 if kind in STOPPING_NOTICES:
                     started = time.monotonic()
+                    log.warning("stop cause: %s", self.classify_stop(attempt, kind))
                     self.save(attempt, task, "notice")
                     save_seconds = time.monotonic() - started
                     self._record(attempt, END_NOTICE_SAVED, kind, save_seconds=save_seconds)
@@ -410,7 +431,7 @@ class Runner:
             else:
                 exported = self.job.export_dir(Path(tmp))
         record = self._record(attempt, END_COMPLETED, None)
-        stats = AttemptStats.from_records(self.job.attempts())
+        stats = AttemptStats.from_records(self.job.attempts(), self.job.events())
         metrics = self.job.metrics()
         first_start = stats.first_start_unix or record["start_unix"]
         summary = {
@@ -420,7 +441,10 @@ class Runner:
             "attempts": stats.attempts,
             "notices": stats.notices,
             "lost_steps": stats.lost_steps,
+            "lost_steps_lower_bound": stats.lost_steps_lower_bound,
             "crashes": stats.crashes,
+            "preempted": stats.preempted,
+            "stop_causes": stats.stop_causes,
             "framework": self.task_cls.framework,
             "exported": exported,
             "seed": self.args.seed,
@@ -430,7 +454,13 @@ class Runner:
         }
         self.job.write_done(summary)
         self._release(attempt)
-        log.info("DONE: %d steps, %d attempts, exported to %s", self.step, stats.attempts, exported)
+        log.info(
+            "DONE: %d steps, %d attempts, lost steps %s, exported to %s",
+            self.step,
+            stats.attempts,
+            stats.lost_steps_text,
+            exported,
+        )
 
     def _record(self, attempt: Attempt, end_reason: str, notice: str | None, **extra: Any) -> dict:
         record = {
@@ -440,6 +470,9 @@ class Runner:
             "resumed_from_step": attempt.resumed_from_step,
             "end_step": self.last_saved_step if end_reason != END_CRASHED else self.step,
             "end_reason": end_reason,
+            # This process knows the step it reached: never a lower bound.
+            "end_step_lower_bound": False,
+            "stop_cause": None if end_reason == END_COMPLETED else self.stop_cause or STOP_CRASHED,
             "notice": notice,
             "notice_step": self.notice_step if notice else None,
             "notices_seen": list(self.notices_seen),
