@@ -38,6 +38,7 @@ from survival.progress import read_progress
 from survival.report import COLUMNS as STATUS_COLUMNS
 from survival.report import print_table, status_row, summary
 from survival.request import TrainRequest, default_name, validate
+from survival.sdk import compute_v1
 from survival.sshkeys import ensure_key, publish_key
 from survival.supervisor import Supervisor, Timing
 
@@ -143,6 +144,7 @@ def train(c: Any, req: TrainRequest) -> None:
         # The name is fixed first so the supervisor lock is taken before anything is created.
         name = req.name or default_name(req.branch, time.time())
         req = dataclasses.replace(req, name=name)
+        load_sdk_before_supervising()
         with jobstore.supervisor_lock(current.local_state_dir, name):
             try:
                 launched = launch(cloud, KIT_ROOT, req)
@@ -157,6 +159,23 @@ def train(c: Any, req: TrainRequest) -> None:
 
 # Exit status after Ctrl-C, as a shell reports a process killed by SIGINT (128 + 2).
 INTERRUPTED_EXIT = 130
+
+
+def load_sdk_before_supervising() -> None:
+    """Import the Compute SDK before taking a job. A Ctrl-C that lands inside that import (it
+    takes seconds) leaves the module half loaded, and the interrupt line could then not look up
+    the VM to say what it is doing."""
+    compute_v1()
+
+
+def _status_now(compute: Any, zone: str, name: str) -> str | None:
+    """The instance's status, asked once (Ctrl-C came before the supervisor's first look); None
+    when it cannot be had: the interrupt must end the command, not wait on an outage."""
+    try:
+        info = compute.get_instance(zone, name)
+    except Exception:  # any failure only means we cannot say
+        return None
+    return info.status if info else None
 
 
 def _vm_state(status: str | None) -> str:
@@ -179,6 +198,24 @@ def _supervise(cloud: Cloud, launched: Launched, plan: Chaos | None = None) -> N
     def save_serial(instance: str | None, offset: int) -> None:
         jobstore.update(state_dir, job.name, serial={"instance": instance, "next": offset})
 
+    # The daemon whose endpoints the clients were built on: a restarted localgce (after a
+    # crash, `invoke localgce.start`) has new ports and a new token, so the old clients would
+    # fail forever; the supervisor asks for new ones after a transient error.
+    known = {"pid": (daemon.read_endpoints(Path(state_dir)) or {}).get("pid")}
+
+    def reconnect() -> tuple[Any, Any] | None:
+        if not current.is_local:
+            return None
+        endpoints = daemon.read_endpoints(Path(state_dir))
+        if not endpoints or endpoints.get("pid") == known["pid"]:
+            return None
+        try:
+            fresh = open_cloud(current, start=False)
+        except Exception:  # half started, or gone again: the next transient error asks again
+            return None
+        known["pid"] = endpoints.get("pid")
+        return fresh.compute, fresh.open_job_dir(job.job_dir)
+
     supervisor = Supervisor(
         cloud.compute,
         name=job.name,
@@ -197,12 +234,15 @@ def _supervise(cloud: Cloud, launched: Launched, plan: Chaos | None = None) -> N
         taken_down=lambda: jobstore.down_marked(state_dir, job.name),
         serial=(serial.get("instance"), int(serial.get("next") or 0)),
         on_serial=save_serial,
+        reconnect=reconnect,
     )
     try:
         outcome = supervisor.run()
     except KeyboardInterrupt:
+        status = supervisor.last_status
+        status = status or _status_now(supervisor.compute, supervisor.zone, job.name)
         raise Exit(
-            f"interrupted: {job.name} {_vm_state(supervisor.last_status)}; "
+            f"interrupted: {job.name} {_vm_state(status)}; "
             f"`invoke watch {job.name}` resumes supervision",
             code=INTERRUPTED_EXIT,
         ) from None
@@ -221,6 +261,7 @@ def watch(c: Any, name: str) -> None:
         cloud = open_cloud(settings(c), start=False)
         state_dir = cloud.settings.local_state_dir
         launched = Launched(*jobstore.load(state_dir, name))
+        load_sdk_before_supervising()
         with jobstore.supervisor_lock(state_dir, name):
             if jobstore.down_marked(state_dir, name) is not None:
                 # Taken down: watching brings the job back as a new run (its instance is

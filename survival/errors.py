@@ -122,4 +122,8 @@ def as_transient(err: BaseException, where: str) -> TransientError | None:
         return None
     if isinstance(err, (api.ServerError, api.TooManyRequests)):
         return TransientError(f"{where}: {getattr(err, 'code', '')} {type(err).__name__}")
+    if isinstance(err, api.RetryError):
+        # The SDK's own retries (google-cloud-storage: 120 s) gave up on a transient error:
+        # still an outage, not a reason for the supervisor to die with a traceback.
+        return TransientError(f"{where}: cannot reach the endpoint (retries exhausted)")
     return None

@@ -4,23 +4,19 @@ attempts.jsonl, the LEASE, manifests."""
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.jobdir import NOTICE_END_REASONS, AttemptStats, JobDir
-from trainer.storage import ABSENT_GENERATION, PreconditionFailed
 
-# What supervisors did to the job's VM, one JSON line each ({"event": "restart", ...}). Kept in
-# the job dir, next to the attempt records, so every supervisor (and `invoke status`) counts the
-# same restarts: a count in a supervisor's memory would be wrong for a second watcher or after a
-# resumed `invoke watch`.
-SUPERVISOR_EVENTS = "supervisor.jsonl"
+# What supervisors did to the job's VM, one record each in the job dir's SUPERVISOR_EVENTS
+# (trainer.jobdir owns the file; its hung-restart and guest-shutdown notes also name why an attempt
+# stopped). Kept in the job dir, next to the attempt records, so every supervisor (and
+# `invoke status`) counts the same restarts: a count in a supervisor's memory would be wrong for a
+# second watcher or after a resumed `invoke watch`.
 EVENT_RESTART = "restart"
 EVENT_STOP = "stop"
 EVENT_RUN = "run"
-APPEND_RETRIES = 5
 
 # NOTICE_END_REASONS is re-exported: survival code reads the end reasons from here.
 __all__ = ["NOTICE_END_REASONS", "Progress", "open_job_dir", "read_progress", "record_event"]
@@ -43,7 +39,7 @@ class Progress:
 
     @property
     def stats(self) -> AttemptStats:
-        return AttemptStats.from_records(self.attempts)
+        return AttemptStats.from_records(self.attempts, self.events)
 
     @property
     def step(self) -> int:
@@ -55,7 +51,8 @@ class Progress:
 
     @property
     def preemptions(self) -> int:
-        return self.stats.preemptions
+        """Attempts stopped by a Spot preemption (not by a user stop or a guest power-off)."""
+        return self.stats.preempted
 
     @property
     def crashes(self) -> int:
@@ -93,27 +90,9 @@ def read_progress(job_dir: JobDir) -> Progress:
 
 
 def read_events(job_dir: JobDir) -> list[dict[str, Any]]:
-    data = job_dir.store.read(SUPERVISOR_EVENTS)
-    events = []
-    for line in (data or b"").decode(errors="replace").splitlines():
-        try:
-            value = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            events.append(value)
-    return events
+    return job_dir.events()
 
 
 def record_event(job_dir: JobDir, event: str, **fields: Any) -> None:
     """Append one event record (a conditional write, retried when another writer got in)."""
-    line = json.dumps({"event": event, "at_unix": time.time(), **fields}, sort_keys=True) + "\n"
-    for _ in range(APPEND_RETRIES):
-        found = job_dir.store.read_with_generation(SUPERVISOR_EVENTS)
-        old, generation = found if found else (b"", ABSENT_GENERATION)
-        try:
-            job_dir.store.write(SUPERVISOR_EVENTS, old + line.encode(), if_generation=generation)
-            return
-        except PreconditionFailed:
-            continue
-    raise PreconditionFailed(f"{SUPERVISOR_EVENTS}: kept changing under {APPEND_RETRIES} tries")
+    job_dir.record_event(event, **fields)

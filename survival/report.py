@@ -39,12 +39,19 @@ def summary(name: str, machine: MachineSpec, progress: Progress, restarts: int) 
         f"  steps        {done.get('steps')}",
         f"  attempts     {done.get('attempts', progress.stats.attempts)}",
         f"  preemptions  {progress.preemptions}",
+        f"  stops        {stop_causes(progress)}",
         f"  restarts     {restarts} (by the supervisor)",
-        f"  lost steps   {done.get('lost_steps')}",
+        f"  lost steps   {progress.stats.lost_steps_text}",
         f"  wall time    {float(done.get('wall_seconds') or 0):.1f} s",
         f"  {cost_line(machine, seconds)}",
         f"  model        {done.get('exported')}",
     ]
+
+
+def stop_causes(progress: Progress) -> str:
+    """Why the attempts stopped, e.g. "preempted 2, stopped 1" ("none" when none did)."""
+    causes = progress.stats.stop_causes
+    return ", ".join(f"{cause} {count}" for cause, count in causes.items() if count) or "none"
 
 
 def _age(now_unix: float, then_unix: float | None) -> str:
@@ -89,13 +96,15 @@ def status_row(
         f"{progress.step if progress else '-'}/{train_steps or '-'}",
         str(progress.stats.attempts) if progress else "-",
         str(progress.preemptions) if progress else "-",
+        stop_causes(progress) if progress else "-",
+        progress.stats.lost_steps_text if progress else "-",
         _age(now_unix, progress.checkpoint_unix) if progress else "-",
         cost,
     ]
 
 
-COLUMNS = ("name", "zone", "status", "model", "step", "attempts", "preemptions",
-           "last ckpt", "cost (est.)")  # fmt: skip
+COLUMNS = ("name", "zone", "status", "model", "step", "attempts", "preemptions", "stops",
+           "lost steps", "last ckpt", "cost (est.)")  # fmt: skip
 
 
 def print_table(rows: list[list[str]], print_fn: Callable[[Any], None] | None = None) -> None:

@@ -29,11 +29,11 @@ from survival.errors import CapacityError, JobFailed, SurvivalError, TransientEr
 from survival.placement import place, zones_from
 from survival.progress import (
     EVENT_RESTART,
-    EVENT_STOP,
     Progress,
     read_progress,
     record_event,
 )
+from trainer.jobdir import EVENT_HUNG_RESTART
 
 POLL_SECONDS = 1.0
 BACKOFF_INITIAL_SECONDS = 2.0
@@ -96,6 +96,7 @@ class Supervisor:
         serial: tuple[str | None, int] = (None, 0),
         on_serial: Callable[[str | None, int], None] = lambda instance, offset: None,
         rng: random.Random | None = None,
+        reconnect: Callable[[], tuple[Compute, Any] | None] = lambda: None,
     ) -> None:
         self.compute = compute
         self.name = name
@@ -113,6 +114,7 @@ class Supervisor:
         self.keep_alive = keep_alive
         self.taken_down = taken_down
         self.on_serial = on_serial
+        self.reconnect = reconnect
         # Jitter spreads the retries of many supervisors after a shared outage; not a secret.
         self.rng = rng or random.Random()  # noqa: S311
         self.restarts = 0  # by this supervisor; the reported count comes from the job dir
@@ -236,7 +238,9 @@ class Supervisor:
             f"restarting the VM (stop, start): it resumes from step {saved}, "
             f"{max(0, step - saved)} steps lost"
         )
-        self._record(EVENT_STOP, reason="heartbeat", step=step, checkpoint_step=saved)
+        # The hung-restart note is what makes the attempt's stop cause "hung" in the job dir.
+        attempt = (progress.lease or {}).get("attempt")
+        self._record(EVENT_HUNG_RESTART, attempt=attempt, step=step, checkpoint_step=saved)
         self._reset_heartbeat()
         self.compute.stop_instance(self.zone, self.name)
 
@@ -278,6 +282,15 @@ class Supervisor:
             progress, self.zone, progress.restarts, self.zone_moves, self.chaos_fired, True
         )
 
+    def _reconnect(self) -> None:
+        """After a transient error: the endpoints may have moved for good (a restarted localgce
+        listens on new ports, with a new API token), so retrying the old clients would never
+        work. ``reconnect()`` returns new (compute, job dir) clients when they did move."""
+        fresh = self.reconnect()
+        if fresh is not None:
+            self.compute, self.job_dir = fresh
+            self._say("the endpoints moved (localgce restarted?); reconnected")
+
     # --- the loop --------------------------------------------------------------------------
     def run(self) -> Outcome:
         while True:
@@ -291,6 +304,7 @@ class Supervisor:
                     # One line per outage: the retries that follow are silent until one works.
                     self._outage = True
                     self._say(f"{err}; retrying with backoff")
+                self._reconnect()
                 self._backoff(jitter=True)
                 outcome = None
             if outcome is not None:

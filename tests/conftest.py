@@ -9,6 +9,15 @@ import pytest
 from localgce.storage import start_storage
 
 
+def pytest_addoption(parser):
+    # Options must be added by a root-level conftest: tests/chaos/ is not loaded at start-up.
+    group = parser.getgroup("chaos", "the chaos soak (tests/chaos)")
+    group.addoption("--soak", type=int, default=10, metavar="N",
+                    help="faults the chaos soak injects into its one job (default 10)")  # fmt: skip
+    group.addoption("--soak-seed", type=int, default=None, metavar="SEED",
+                    help="replay a soak: the seed it printed (default: a random one)")  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def fake_gcs(tmp_path_factory):
     """A fake-gcs-server on loopback for the session; yields its URL (STORAGE_EMULATOR_HOST)."""

@@ -28,7 +28,10 @@ def _progress(records, lease=None, done=None) -> Progress:
 def test_progress_counts_as_the_trainer_does():
     progress = _progress(RECORDS)
     assert progress.stats == AttemptStats.from_records(RECORDS)
-    assert progress.preemptions == 2 and progress.crashes == 1
+    # Two attempts saved on a notice, but only one notice was a preemption: a SIGTERM without
+    # `preempted` (a user stop, a daemon stop) is not counted as one.
+    assert progress.stats.preemptions == 2 and progress.stats.preempted == 1
+    assert progress.preemptions == 1 and progress.crashes == 1
     assert progress.stats.notices == 3 and progress.stats.lost_steps == 10
     assert frozenset({END_NOTICE_SAVED}) == NOTICE_END_REASONS
     assert END_COMPLETED not in NOTICE_END_REASONS

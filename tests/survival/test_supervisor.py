@@ -13,6 +13,7 @@ from survival.compute import InstanceInfo
 from survival.errors import CapacityError, NoCapacityError, TransientError
 from survival.placement import place, zones_from
 from survival.supervisor import JobFailed, Supervisor, Timing
+from trainer.jobdir import JobDir
 
 
 class MemoryStore:
@@ -68,6 +69,13 @@ class FakeJobDir:
 
     def read_manifest(self, step):
         return None
+
+    # The supervisor's notes go through the real JobDir code, on the in-memory store.
+    def events(self):
+        return JobDir(self.store).events()
+
+    def record_event(self, event, **fields):
+        return JobDir(self.store).record_event(event, **fields)
 
 
 class FakeCompute:
