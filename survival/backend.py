@@ -19,6 +19,17 @@ from survival.gce import GoogleCompute
 from trainer.jobdir import JobDir
 from trainer.storage import GcsStore
 
+# The orchestrator polls job dirs: a read of an unreachable endpoint should fail within this
+# (the supervisor backs off, tries again, and may reconnect to a restarted localgce) rather than
+# block for google-cloud-storage's default 120 s of retries.
+JOB_DIR_READ_TIMEOUT_SECONDS = 10.0
+
+
+def _job_dir_read_retry() -> Any:
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY.with_timeout(JOB_DIR_READ_TIMEOUT_SECONDS)
+
 
 @dataclass
 class Cloud:
@@ -31,7 +42,7 @@ class Cloud:
         """The job dir at ``url``, read through this cloud's storage client (gs:// URLs)."""
         if self.storage is None or not url.startswith("gs://"):
             return JobDir.open(url)
-        return JobDir(GcsStore(url, client=self.storage))
+        return JobDir(GcsStore(url, client=self.storage, read_retry=_job_dir_read_retry()))
 
 
 def compute_for(project: str, endpoints: dict[str, Any] | None = None) -> GoogleCompute:

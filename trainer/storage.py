@@ -349,9 +349,12 @@ class LocalStore(Store):
 class GcsStore(Store):
     """gs://bucket/prefix via google-cloud-storage. ``client``: a storage.Client to use (the
     orchestrator passes one pointed at its endpoint); by default one is made from the
-    environment (it honours STORAGE_EMULATOR_HOST)."""
+    environment (it honours STORAGE_EMULATOR_HOST). ``read_retry``: the retry policy of reads
+    and listings (google.api_core Retry); by default the library's, which keeps retrying an
+    unreachable server for 120 s — too long for a caller that polls and would rather try
+    again later (the orchestrator's supervisor)."""
 
-    def __init__(self, url: str, client: Any = None) -> None:
+    def __init__(self, url: str, client: Any = None, read_retry: Any = None) -> None:
         rest = url[len("gs://") :]
         bucket, _, prefix = rest.partition("/")
         if not bucket:
@@ -360,6 +363,7 @@ class GcsStore(Store):
         self.bucket_name = bucket
         self.prefix = prefix.strip("/")
         self._client = client
+        self._read = {} if read_retry is None else {"retry": read_retry}
         self._bucket = None
 
     @property
@@ -399,7 +403,7 @@ class GcsStore(Store):
         blob = self.bucket.blob(self._key(name))
         try:
             with self._errors():
-                data = blob.download_as_bytes()
+                data = blob.download_as_bytes(**self._read)
         except exceptions.NotFound:
             return None
         return data, str(blob.generation)
@@ -438,7 +442,9 @@ class GcsStore(Store):
 
     def list(self, prefix: str = "") -> list[str]:
         with self._errors(missing_bucket=True):
-            blobs = self.bucket.client.list_blobs(self.bucket_name, prefix=self._key(prefix))
+            blobs = self.bucket.client.list_blobs(
+                self.bucket_name, prefix=self._key(prefix), **self._read
+            )
             return sorted(self._rel(blob.name) for blob in blobs)
 
     def list_dirs(self, prefix: str = "") -> list[str]:

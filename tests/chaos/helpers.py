@@ -15,9 +15,7 @@ DAEMON = "daemon"  # localgce killed with SIGKILL and started again: every VM re
 CTRL_C = "ctrl-c"  # SIGINT to the supervisor, then `invoke watch`: the trainer never notices
 CORRUPT = "corrupt"  # bytes flipped in the newest checkpoint, then SIGKILL: resumes from an older
 DROP = "drop"  # one Cloud Storage reply to the trainer lost on the way: it retries, carries on
-# DAEMON is not drawn yet: a supervisor whose storage call is in flight when localgce dies waits
-# out google-cloud-storage's own 120 s retry before it can reconnect (over the soak's budget).
-FAULTS = (PREEMPT, KILL, HANG, CTRL_C, CORRUPT, DROP)
+FAULTS = (PREEMPT, KILL, HANG, DAEMON, CTRL_C, CORRUPT, DROP)
 # Faults that end the attempt with a crash inside the same boot: startup.sh retries a crash
 # `crash-retries` (2) times per boot, then writes FAILED, so a boot takes at most 2 of them.
 CRASHES_IN_BOOT = frozenset({KILL, CORRUPT})

@@ -334,9 +334,19 @@ class Soak:
             os.kill(frozen.pid, signal.SIGKILL)
         elif fault == DAEMON:
             pid = self.endpoints["pid"]
+            reconnects = self.log_text().count("reconnected")
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: not pid_alive(pid), 30, f"localgce {pid} gone")
             self.start_daemon()
+            # The supervisor must find the new daemon before the next fault: two restarts in
+            # one of its backoffs would be one reconnect, and the count below would not tell.
+            wait_for(
+                lambda: (
+                    self.check_supervisor() or self.log_text().count("reconnected") > reconnects
+                ),
+                120,
+                "the supervisor to reconnect to the restarted localgce",
+            )
         # HANG: left stopped; the supervisor must find it hung and restart the VM.
         lost = max(0, int(frozen.lease.get("step") or 0) - resume)
         self.wait_running(attempt)
