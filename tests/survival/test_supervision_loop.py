@@ -11,69 +11,7 @@ from survival.compute import InstanceInfo
 from survival.errors import TransientError
 from survival.report import status_row
 from survival.supervisor import Supervisor, Timing
-from trainer.jobdir import JobDir as RealJobDir
-from trainer.storage import ABSENT_GENERATION, PreconditionFailed
-
-
-class MemoryStore:
-    url = "mem://job"
-
-    def __init__(self):
-        self.objects = {}
-
-    def read(self, name):
-        found = self.objects.get(name)
-        return None if found is None else found[0]
-
-    def read_with_generation(self, name):
-        return self.objects.get(name)
-
-    def write(self, name, data, if_generation=None):
-        current = self.objects.get(name, (None, ABSENT_GENERATION))[1]
-        if if_generation is not None and if_generation != current:
-            raise PreconditionFailed(name)
-        self.objects[name] = (data, str(int(current) + 1))
-        return self.objects[name][1]
-
-
-class JobDir:
-    url = "mem://job"
-
-    def __init__(self):
-        self.done_marker = self.failed_marker = self.lease_record = None
-        self.attempt_records = []
-        self.store = MemoryStore()
-        self.fail_reads = 0  # the next N reads raise a connection error
-
-    def done(self):
-        if self.fail_reads:
-            self.fail_reads -= 1
-            import requests
-
-            raise requests.exceptions.ConnectionError("connection refused")
-        return self.done_marker
-
-    def failed(self):
-        return self.failed_marker
-
-    def attempts(self):
-        return self.attempt_records
-
-    def lease(self):
-        return self.lease_record
-
-    def checkpoint_steps(self):
-        return []
-
-    def read_manifest(self, step):
-        return None
-
-    # The supervisor's notes go through the real JobDir code, on the in-memory store.
-    def events(self):
-        return RealJobDir(self.store).events()
-
-    def record_event(self, event, **fields):
-        return RealJobDir(self.store).record_event(event, **fields)
+from tests.survival.fakes import FakeJobDir as JobDir
 
 
 class Compute:

@@ -13,69 +13,7 @@ from survival.compute import InstanceInfo
 from survival.errors import CapacityError, NoCapacityError, TransientError
 from survival.placement import place, zones_from
 from survival.supervisor import JobFailed, Supervisor, Timing
-from trainer.jobdir import JobDir
-
-
-class MemoryStore:
-    """The part of trainer.storage.Store the orchestrator writes through (event records)."""
-
-    url = "mem://job"
-
-    def __init__(self):
-        self.objects = {}
-
-    def read(self, name):
-        found = self.read_with_generation(name)
-        return None if found is None else found[0]
-
-    def read_with_generation(self, name):
-        return self.objects.get(name)
-
-    def write(self, name, data, if_generation=None):
-        from trainer.storage import ABSENT_GENERATION, PreconditionFailed
-
-        current = self.objects.get(name, (None, ABSENT_GENERATION))[1]
-        if if_generation is not None and if_generation != current:
-            raise PreconditionFailed(name)
-        generation = str(int(current) + 1)
-        self.objects[name] = (data, generation)
-        return generation
-
-
-class FakeJobDir:
-    url = "mem://job"
-
-    def __init__(self):
-        self.done_marker = None
-        self.failed_marker = None
-        self.attempt_records = []
-        self.lease_record = None
-        self.store = MemoryStore()
-
-    def done(self):
-        return self.done_marker
-
-    def failed(self):
-        return self.failed_marker
-
-    def attempts(self):
-        return self.attempt_records
-
-    def lease(self):
-        return self.lease_record
-
-    def checkpoint_steps(self):
-        return []
-
-    def read_manifest(self, step):
-        return None
-
-    # The supervisor's notes go through the real JobDir code, on the in-memory store.
-    def events(self):
-        return JobDir(self.store).events()
-
-    def record_event(self, event, **fields):
-        return JobDir(self.store).record_event(event, **fields)
+from tests.survival.fakes import FakeJobDir
 
 
 class FakeCompute:
