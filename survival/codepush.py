@@ -33,8 +33,9 @@ BRANCH_RE = re.compile(
 FULL_REF_PREFIX = "refs/heads/"
 # File names that usually hold credentials. push-code leaves them out of the snapshot (the
 # trainer repo is shared with every VM and whoever can read it) unless --include names them.
-SECRET_PATTERNS = (".env", ".env.*", "*.env", "*.pem", "*.key", "id_rsa*", "*credentials*.json",
-                   "*.p12")  # fmt: skip
+# Dotenv files are `.env` and `.env.*`; `NAME.env` is how projects (ours: provisioning/
+# versions.env) name plain settings files, so it is not taken for one.
+SECRET_PATTERNS = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "*credentials*.json", "*.p12")
 SNAPSHOT_AUTHOR = {
     "GIT_AUTHOR_NAME": "gce-survival-kit push-code",
     "GIT_AUTHOR_EMAIL": "push-code@gce-survival-kit.invalid",

@@ -95,7 +95,6 @@ def status_row(
         model,
         f"{progress.step if progress else '-'}/{train_steps or '-'}",
         str(progress.stats.attempts) if progress else "-",
-        str(progress.preemptions) if progress else "-",
         stop_causes(progress) if progress else "-",
         progress.stats.lost_steps_text if progress else "-",
         _age(now_unix, progress.checkpoint_unix) if progress else "-",
@@ -103,8 +102,9 @@ def status_row(
     ]
 
 
-COLUMNS = ("name", "zone", "status", "model", "step", "attempts", "preemptions", "stops",
-           "lost steps", "last ckpt", "cost (est.)")  # fmt: skip
+# Preemptions are one of the stop causes ("preempted N" under stops).
+COLUMNS = ("name", "zone", "status", "model", "step", "attempts", "stops", "lost steps",
+           "last ckpt", "cost (est.)")  # fmt: skip
 
 
 def print_table(rows: list[list[str]], print_fn: Callable[[Any], None] | None = None) -> None:
@@ -113,7 +113,8 @@ def print_table(rows: list[list[str]], print_fn: Callable[[Any], None] | None = 
 
     table = Table(title="survival jobs (cost: ESTIMATE from survival/data/prices.json)")
     for column in COLUMNS:
-        table.add_column(column)
+        # Names and zones are what a user types next: never cut them short.
+        table.add_column(column, no_wrap=column in ("name", "zone"))
     for row in rows:
         table.add_row(*row)
     (print_fn or Console(width=140).print)(table)

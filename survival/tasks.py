@@ -183,7 +183,7 @@ def ssh_logs(c, name, follow=False):
 
 @task
 def status(c):
-    """Table of jobs: zone, status, model, step, attempts, preemptions, checkpoint age, cost."""
+    """Table of jobs: zone, status, model, step, attempts, stop causes, lost steps, cost."""
     from survival import cli
 
     cli.status(c)

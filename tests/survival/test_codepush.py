@@ -95,12 +95,13 @@ def test_secret_looking_files_are_left_out_with_one_warning(worktree: Path, tmp_
     (worktree / "local").mkdir()
     (worktree / "local" / "notes.txt").write_text("x\n")
     (worktree / "model_keys.py").write_text("KEYS = 1\n")  # not a secret by its name
+    (worktree / "versions.env").write_text("PINNED=1\n")  # settings, not a dotenv file
     warnings: list[str] = []
 
     result = push_code(worktree, remote, "exp1", warn=warnings.append)
 
     files = pushed_files(tmp_path, result.commit)
-    assert files == {".gitignore", "train.py", "model_keys.py"}
+    assert files == {".gitignore", "train.py", "model_keys.py", "versions.env"}
     assert sorted(result.left_out) == sorted(SECRETS)
     assert len(warnings) == 1 and "\n" not in warnings[0]
     assert all(name in warnings[0] for name in SECRETS)
