@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import urllib.parse
@@ -39,8 +40,10 @@ class FakeMetadataServer:
                 if tag:
                     self.send_header("ETag", tag)
                 self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                # A client that went away (a killed trainer's watcher) is not an error.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.end_headers()
+                    self.wfile.write(data)
 
             def do_GET(self):
                 if self.headers.get("Metadata-Flavor") != "Google":
