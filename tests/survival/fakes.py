@@ -1,5 +1,6 @@
-"""An in-memory job dir for the supervisor's unit tests: markers, records and the LEASE set by
-the test; the supervisor's own notes go through the real trainer.jobdir code."""
+"""A fake clock and an in-memory job dir for the supervisor's unit tests: markers, records and
+the LEASE are set by the test; the supervisor's own notes go through the real trainer.jobdir
+code."""
 
 from __future__ import annotations
 
@@ -68,3 +69,16 @@ class FakeJobDir:
 
     def record_event(self, event, **fields):
         return JobDir(self.store).record_event(event, **fields)
+
+
+class Clock:
+    """Monotonic time the test moves: sleep() advances it at once."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds

@@ -11,6 +11,7 @@ from survival.compute import InstanceInfo
 from survival.errors import TransientError
 from survival.report import status_row
 from survival.supervisor import Supervisor, Timing
+from tests.survival.fakes import Clock
 from tests.survival.fakes import FakeJobDir as JobDir
 
 
@@ -58,17 +59,6 @@ class Compute:
     def serial_output(self, zone, name, start=0):
         self.serial_starts.append(start)
         return "", start
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 class CountingRandom:

@@ -13,7 +13,7 @@ from survival.compute import InstanceInfo
 from survival.errors import CapacityError, NoCapacityError, TransientError
 from survival.placement import place, zones_from
 from survival.supervisor import JobFailed, Supervisor, Timing
-from tests.survival.fakes import FakeJobDir
+from tests.survival.fakes import Clock, FakeJobDir
 
 
 class FakeCompute:
@@ -61,17 +61,6 @@ class FakeCompute:
 
     def serial_output(self, zone, name, start=0):
         return "", start
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
 
 
 def make(compute, job_dir, zones=("z-a", "z-b"), chaos=None, max_restarts=5):
