@@ -25,14 +25,17 @@ REBOOTS = frozenset({PREEMPT, HANG, DAEMON})
 
 
 def draw_faults(count: int, rng: random.Random) -> list[str]:
-    """``count`` faults drawn uniformly, a boot never taking more crashes than startup.sh
-    retries (a draw that would is drawn again, from the same generator: replayable)."""
+    """``count`` faults: every fault once in a random order when ``count`` allows (so that a
+    default soak meets each of them), the rest drawn uniformly; a boot never takes more crashes
+    than startup.sh retries (a draw that would is drawn again, from the same generator:
+    replayable)."""
     plan: list[str] = []
     crashes = 0
+    first = rng.sample(FAULTS, len(FAULTS)) if count >= len(FAULTS) else []
     while len(plan) < count:
-        fault = rng.choice(FAULTS)
+        fault = first[len(plan)] if len(plan) < len(first) else rng.choice(FAULTS)
         if fault in CRASHES_IN_BOOT and crashes >= CRASHES_PER_BOOT:
-            continue
+            continue  # only a uniform draw can get here: the first pass has 2 in-boot crashes
         crashes = 0 if fault in REBOOTS else crashes + (fault in CRASHES_IN_BOOT)
         plan.append(fault)
     return plan
