@@ -33,6 +33,13 @@ locals {
     "scikit-learn"        = replace(local.sklearn_version, ".", "-")
   }
 
+  # NVIDIA's open kernel modules need Turing or newer (and are the only choice on Blackwell);
+  # Maxwell, Pascal and Volta GPUs (P4, P100, V100, K80) need the proprietary ones.
+  pre_turing_accelerators = ["nvidia-tesla-k80", "nvidia-tesla-p4", "nvidia-tesla-p100", "nvidia-tesla-v100"]
+  nvidia_kernel_modules = var.nvidia_kernel_modules != "auto" ? var.nvidia_kernel_modules : (
+    contains(local.pre_turing_accelerators, var.accelerator_type) ? "proprietary" : "open"
+  )
+
   # The accelerator must be named by its zonal URL.
   accelerator_type = local.has_gpu ? "projects/${var.project_id}/zones/${var.zone}/acceleratorTypes/${var.accelerator_type}" : ""
 
@@ -56,8 +63,9 @@ source "googlecompute" "gpu" {
   disk_size               = var.disk_size_gb
   accelerator_type        = local.accelerator_type
   accelerator_count       = local.has_gpu ? var.accelerator_count : 0
-  # GPUs cannot live-migrate: host maintenance must stop the VM.
-  on_host_maintenance   = local.has_gpu ? "TERMINATE" : "MIGRATE"
+  # GPUs cannot live-migrate, and a preemptible VM is never migrated: GCE (and Packer's
+  # validation) require TERMINATE for both. Only an on-demand CPU-only build VM migrates.
+  on_host_maintenance   = local.has_gpu || var.build_preemptible ? "TERMINATE" : "MIGRATE"
   preemptible           = var.build_preemptible
   service_account_email = var.service_account_email
   use_os_login          = var.use_os_login
@@ -87,27 +95,58 @@ build {
     destination = local.remote_provisioning
   }
 
+  # Values reach the scripts as environment variables (Packer quotes them); the scripts never
+  # evaluate them. Stage 1: the guest setup and, with a GPU, the driver installer's kernel stage
+  # (the newest kernel of the running series and its headers), which ends by rebooting the VM.
+  provisioner "shell" {
+    environment_vars = [
+      "SURVIVAL_PROVISIONING=${local.remote_provisioning}",
+      "SURVIVAL_GPU=${local.has_gpu ? "1" : "0"}",
+    ]
+    execute_command   = "chmod +x '{{ .Path }}'; sudo env {{ .Vars }} bash '{{ .Path }}'"
+    expect_disconnect = true
+    inline = [
+      "set -euo pipefail",
+      "chmod +x \"$SURVIVAL_PROVISIONING\"/*.sh",
+      "\"$SURVIVAL_PROVISIONING/guest-setup.sh\"",
+      "if [ \"$SURVIVAL_GPU\" = 1 ]; then \"$SURVIVAL_PROVISIONING/nvidia-driver.sh\" --stage kernel; fi",
+    ]
+  }
+
+  # Stage 2, after the reboot: wait for the VM to go down, then reconnect (start_retry_timeout
+  # covers the boot). /run is a tmpfs, so the reboot emptied it: upload the scripts again.
+  provisioner "shell" {
+    pause_before        = "30s"
+    start_retry_timeout = "15m"
+    inline              = ["sudo mkdir -p ${local.remote_provisioning} ${local.remote_kit}", "sudo chown \"$(id -u)\" ${local.remote_provisioning} ${local.remote_kit}"]
+  }
+
+  provisioner "file" {
+    source      = "${local.kit_root}/provisioning/"
+    destination = local.remote_provisioning
+  }
+
   # The trainer package at the baked commit, so VMs can run it from the image's environment.
   provisioner "file" {
     source      = "${local.kit_root}/trainer"
     destination = local.remote_kit
   }
 
-  # Values reach the scripts as environment variables (Packer quotes them); the scripts never
-  # evaluate them.
+  # The driver stage (repository, driver, CUDA, nvidia-smi) on the new kernel, then the Python
+  # environment, the checks and the scrub.
   provisioner "shell" {
     environment_vars = [
       "SURVIVAL_PROVISIONING=${local.remote_provisioning}",
       "SURVIVAL_KIT=${local.remote_kit}",
       "SURVIVAL_GPU=${local.has_gpu ? "1" : "0"}",
+      "NVIDIA_KERNEL_MODULES=${local.nvidia_kernel_modules}",
       "PYTHON_ENV_FLAVOR=${local.has_gpu ? "gpu" : "cpu"}",
     ]
     execute_command = "chmod +x '{{ .Path }}'; sudo env {{ .Vars }} bash '{{ .Path }}'"
     inline = [
       "set -euo pipefail",
       "chmod +x \"$SURVIVAL_PROVISIONING\"/*.sh",
-      "\"$SURVIVAL_PROVISIONING/guest-setup.sh\"",
-      "if [ \"$SURVIVAL_GPU\" = 1 ]; then \"$SURVIVAL_PROVISIONING/nvidia-driver.sh\"; fi",
+      "if [ \"$SURVIVAL_GPU\" = 1 ]; then \"$SURVIVAL_PROVISIONING/nvidia-driver.sh\" --stage driver --modules \"$NVIDIA_KERNEL_MODULES\"; fi",
       "\"$SURVIVAL_PROVISIONING/python-env.sh\" --prefix /opt/survival/venv --flavor \"$PYTHON_ENV_FLAVOR\" --trainer-src \"$SURVIVAL_KIT\"",
       "\"$SURVIVAL_PROVISIONING/verify.sh\" --root / --checks env,gpu,trainer --expect-gpu auto",
       "\"$SURVIVAL_PROVISIONING/cleanup.sh\" --root /",

@@ -92,6 +92,16 @@ variable "accelerator_count" {
   }
 }
 
+variable "nvidia_kernel_modules" {
+  type        = string
+  default     = "auto"
+  description = "NVIDIA kernel modules: open (nvidia-open; Turing and newer, required on Blackwell), proprietary (cuda-drivers; Maxwell/Pascal/Volta), or auto (proprietary for K80/P4/P100/V100, open otherwise)."
+  validation {
+    condition     = contains(["auto", "open", "proprietary"], var.nvidia_kernel_modules)
+    error_message = "The nvidia_kernel_modules must be auto, open or proprietary."
+  }
+}
+
 variable "disk_size_gb" {
   type        = number
   default     = 50
@@ -117,7 +127,7 @@ variable "use_os_login" {
 variable "build_preemptible" {
   type        = bool
   default     = false
-  description = "Run the build VM as preemptible; the driver installer's step markers make a retried bake resume."
+  description = "Run the build VM as preemptible (on_host_maintenance is then TERMINATE); the driver installer's step markers make a retried bake resume."
 }
 
 # --- local build (source.null.local) -------------------------------------------------------

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Prepares the guest OS for training: the base packages the environment needs (Python 3.11 venv,
-# curl, git), the unprivileged trainer user, the log directory, and journald settings that forward
-# startup-script output to the serial console (what `invoke watch` and the serial port show).
+# curl, git), the unprivileged trainer user, the log directory, and what reaches the serial
+# console (what `invoke watch` shows). The guest agent's script runner already writes every
+# startup- and shutdown-script line (the trainer's output included) to the console, so the journal
+# is NOT forwarded wholesale (that showed each line twice); a small unit copies only the journal
+# lines the runner does not write: the kit's own `survival` syslog tag and systemd-coredump.
 #
 # Usage: guest-setup.sh [--root DIR] [--user NAME]
 #   --root DIR    apply file changes under DIR instead of / (tests; packages and the user are then
@@ -17,6 +20,13 @@ source "${PROV_DIR}/lib.sh"
 
 readonly GUEST_LOG_DIR="var/log/survival"
 readonly GUEST_JOURNALD_DROPIN="etc/systemd/journald.conf.d/90-survival.conf"
+readonly GUEST_CONSOLE_UNIT="survival-console.service"
+readonly GUEST_UNIT_DIR="etc/systemd/system"
+readonly GUEST_CONSOLE_TTY="/dev/ttyS0"
+# Journal identifiers copied to the console: lines nothing else puts there. Never the script
+# runner's (google_metadata_script_runner, gce_metadata_script_runner), which it writes to the
+# console itself, and never the kernel's, which the kernel prints there itself.
+readonly GUEST_CONSOLE_IDENTIFIERS=(survival systemd-coredump)
 
 guest::usage() {
   sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
@@ -60,14 +70,48 @@ guest::journald() {
   mkdir -p "$(dirname "${file}")"
   # Written whole each time (never appended), so a re-run leaves the same file.
   cat >"${file}" <<'CONF'
-# GCE Survival Kit: startup-script and trainer output reach the serial console.
+# GCE Survival Kit: the journal is not copied to the serial console as a whole. The script runner
+# already writes startup- and shutdown-script output there; survival-console.service copies the
+# few other lines worth seeing.
 [Journal]
-ForwardToConsole=yes
-TTYPath=/dev/ttyS0
-MaxLevelConsole=info
+ForwardToConsole=no
 CONF
+}
+
+# guest::console_unit ROOT : the unit that follows the journal for GUEST_CONSOLE_IDENTIFIERS only
+# (journalctl ORs matches on the same field) and writes those lines to the serial console.
+guest::console_unit() {
+  local root="$1" unit_dir="${1%/}/${GUEST_UNIT_DIR}" id
+  local -a matches=()
+  for id in "${GUEST_CONSOLE_IDENTIFIERS[@]}"; do
+    matches+=("SYSLOG_IDENTIFIER=${id}")
+  done
+  mkdir -p "${unit_dir}/multi-user.target.wants"
+  cat >"${unit_dir}/${GUEST_CONSOLE_UNIT}" <<UNIT
+# GCE Survival Kit: journal lines the script runner does not write to the serial console.
+[Unit]
+Description=Copy the GCE Survival Kit's own journal lines to ${GUEST_CONSOLE_TTY}
+After=systemd-journald.service
+
+[Service]
+ExecStart=/usr/bin/journalctl --follow --lines=0 --output=short-iso ${matches[*]}
+StandardInput=null
+StandardOutput=tty
+StandardError=journal
+TTYPath=${GUEST_CONSOLE_TTY}
+TTYReset=no
+TTYVHangup=no
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  ln -sfn "/${GUEST_UNIT_DIR}/${GUEST_CONSOLE_UNIT}" "${unit_dir}/multi-user.target.wants/${GUEST_CONSOLE_UNIT}"
   if [[ "${root}" == "/" ]] && command -v systemctl >/dev/null 2>&1; then
+    systemctl daemon-reload
     systemctl restart systemd-journald
+    systemctl restart "${GUEST_CONSOLE_UNIT}"
   fi
 }
 
@@ -98,6 +142,7 @@ guest::main() {
   fi
   guest::log_dir "${root}" "${user}"
   guest::journald "${root}"
+  guest::console_unit "${root}"
   prov::info "guest setup done"
 }
 

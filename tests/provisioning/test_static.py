@@ -58,6 +58,62 @@ def test_packer_validate_gce_template_with_example_variables():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# The gce build's variable sets: GPU and CPU-only, on-demand and preemptible build VMs. A
+# preemptible VM cannot live-migrate, so every preemptible build must get on_host_maintenance
+# TERMINATE (Packer and the googlecompute builder reject MIGRATE with preemptible).
+GCE_VARIABLE_SETS = {
+    "gpu": [],
+    "gpu-preemptible": ["-var", "build_preemptible=true"],
+    "gpu-proprietary-modules": ["-var", "nvidia_kernel_modules=proprietary"],
+    "cpu": ["-var", "accelerator_type=", "-var", "accelerator_count=0"],
+    "cpu-preemptible": [
+        "-var",
+        "accelerator_type=",
+        "-var",
+        "accelerator_count=0",
+        "-var",
+        "build_preemptible=true",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GCE_VARIABLE_SETS))
+def test_packer_validate_gce_build(name):
+    result = packer(
+        "validate",
+        "-only=gce.googlecompute.gpu",
+        f"-var-file={PACKER_DIR / 'example.pkrvars.hcl'}",
+        *GCE_VARIABLE_SETS[name],
+        str(PACKER_DIR),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def provisioner_blocks(text: str) -> list[str]:
+    """The gce build's provisioner blocks, in order (each up to the next block)."""
+    gce = text.split('build {\n  name    = "gce"', 1)[1].split('build {\n  name    = "local"', 1)[0]
+    return ["provisioner" + part for part in gce.split("provisioner")[1:]]
+
+
+def test_gce_build_reboots_between_the_kernel_and_the_driver_stage():
+    """The driver installer's kernel stage runs in a provisioner that expects the reboot's
+    disconnect; the next one waits (pause_before) and retries its start through the boot; the
+    driver stage comes after, with the scripts uploaded again (/run is a tmpfs)."""
+    blocks = provisioner_blocks((PACKER_DIR / "gpu-image.pkr.hcl").read_text())
+    kernel = [i for i, b in enumerate(blocks) if 'nvidia-driver.sh\\" --stage kernel' in b]
+    driver = [i for i, b in enumerate(blocks) if 'nvidia-driver.sh\\" --stage driver' in b]
+    assert len(kernel) == 1 and len(driver) == 1, blocks
+    k, d = kernel[0], driver[0]
+    assert re.search(r"^\s*expect_disconnect\s*=\s*true$", blocks[k], re.M)
+    after = blocks[k + 1]
+    assert re.search(r'^\s*pause_before\s*=\s*"[1-9][0-9]*s"$', after, re.M)
+    assert re.search(r'^\s*start_retry_timeout\s*=\s*"[1-9][0-9]*m"$', after, re.M)
+    assert k + 1 < d
+    uploads = [i for i, b in enumerate(blocks) if "/provisioning/" in b and '"file"' in b]
+    assert any(i < k for i in uploads) and any(k < i < d for i in uploads)
+    assert "expect_disconnect" not in blocks[d]
+
+
 def test_packer_validate_local_build():
     result = packer(
         "validate",
@@ -78,6 +134,7 @@ def test_packer_validate_local_build():
         ("image_family", "Bad_Family", "image_family must be lowercase"),
         ("accelerator_count", "3", "accelerator_count must be 0, 1, 2, 4 or 8"),
         ("accelerator_type", "tesla", "accelerator_type must be empty or"),
+        ("nvidia_kernel_modules", "closed", "nvidia_kernel_modules must be auto, open or"),
     ],
 )
 def test_packer_rejects_bad_variables(variable, value, message):
