@@ -10,9 +10,16 @@ from dataclasses import fields
 from pathlib import Path
 
 from localgce import daemon
-from localgce.config import Knobs, knob_flag
+from localgce.config import LIST_KNOBS, Knobs, knob_flag
 
 DEFAULT_STATE_DIR = ".localgce"
+
+
+def _json_arg(text: str):
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}): {text!r}") from None
 
 
 def _knob_args(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +30,26 @@ def _knob_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated zones whose inserts fail with ZONE_RESOURCE_POOL_EXHAUSTED",
     )
+    group.add_argument(
+        "--storage-denied-buckets",
+        default=None,
+        help="comma-separated buckets whose objects cannot be written (GCS's 403)",
+    )
+    for name, text in [
+        (
+            "faults",
+            'the next N matching calls fail: JSON list of {"method": "compute.instances.start", '
+            '"error": "rateLimitExceeded", "times": N, "zone": "optional"}',
+        ),
+        ("quotas", 'GPU quota limits: JSON, e.g. {"us-central1": {"NVIDIA_T4_GPUS": 4}}'),
+        ("zone_accelerators", 'accelerator types per zone: JSON, e.g. {"us-central1-a": []}'),
+        (
+            "networks",
+            'networks besides the auto-mode default: JSON, e.g. {"my-net": {"subnetworks": '
+            '{"us-central1": {"my-subnet": {"privateIpGoogleAccess": true}}}}}',
+        ),
+    ]:
+        group.add_argument(knob_flag(name), type=_json_arg, default=None, help=text)
     for name, text in [
         ("preemption_rate_per_hour", "random preemptions per Spot VM per hour"),
         ("grace_spot_seconds", "shutdown window of Spot/preemptible VMs"),
@@ -45,7 +72,7 @@ def _knobs(args: argparse.Namespace) -> dict:
         value = getattr(args, spec.name)
         if value is None:
             continue
-        if spec.name == "exhausted_zones":
+        if spec.name in LIST_KNOBS:
             value = [z for z in value.split(",") if z]
         knobs[spec.name] = value
     return knobs

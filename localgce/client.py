@@ -86,3 +86,16 @@ def compute_client_options(endpoints: dict) -> dict:
         "client_options": {"api_endpoint": endpoints["compute"]},
         "transport": "rest",
     }
+
+
+def batch_client_options(endpoints: dict) -> dict:
+    """Keyword arguments for google.cloud.batch_v1.BatchServiceClient: REST, localgce's Batch
+    endpoint (endpoints["batch"]; the compute URL for a daemon that predates it) and the same
+    token credentials as compute_client_options."""
+    from google.oauth2.credentials import Credentials
+
+    return {
+        "credentials": Credentials(api_token(endpoints)),
+        "client_options": {"api_endpoint": endpoints.get("batch") or endpoints["compute"]},
+        "transport": "rest",
+    }

@@ -8,9 +8,13 @@ GCE's real values are the defaults.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from localgce.errors import invalid
+
+# Cloud Storage bucket names: 3-63 of lowercase letters, digits, '-', '_' and '.'.
+_BUCKET_RE = re.compile(r"^[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9]$")
 
 
 @dataclass
@@ -26,9 +30,23 @@ class Knobs:
     maintenance_notice_seconds: float = 3600.0
     # 0: mutating calls answer with a DONE Operation. >0: they stay RUNNING at least this long.
     operation_delay_seconds: float = 0.0
+    # The next N matching Compute calls fail as GCE fails them (faults.py): a list of
+    # {"method": "compute.instances.start", "error": "rateLimitExceeded", "times": N, "zone"?}.
+    faults: list[dict] = field(default_factory=list)
+    # GPU quota limits (regions.py): {"us-central1": {"NVIDIA_T4_GPUS": 4}, "global":
+    # {"GPUS_ALL_REGIONS": 8}}; what is not set has regions.py's defaults.
+    quotas: dict[str, dict[str, float]] = field(default_factory=dict)
+    # zone → the accelerator type names it offers (accelerators.py); unlisted zones offer all.
+    zone_accelerators: dict[str, list[str]] = field(default_factory=dict)
+    # Buckets whose objects nobody may write (storage_guard.py): uploads, patches, deletes of
+    # their objects answer GCS's 403 and testIamPermissions grants no write permission.
+    storage_denied_buckets: list[str] = field(default_factory=list)
+    # Networks besides the auto-mode `default` one (networks.py): {"my-net": {"subnetworks":
+    # {"us-central1": {"my-subnet": {"privateIpGoogleAccess": true}}}}}; "default": null removes it.
+    networks: dict[str, dict | None] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return knobs_json(asdict(self))
+        return knobs_json(asdict(self))  # deep copies: a caller cannot change the knobs
 
     def update_from_json(self, payload: dict) -> None:
         """Apply camelCase keys from the admin endpoint; unknown keys or bad values → 400."""
@@ -66,10 +84,42 @@ def knob_flag(name: str) -> str:
     return "--" + snake(name).replace("_", "-")
 
 
+# Knobs whose value is JSON (a list or an object): their `serve` flag takes a JSON string.
+JSON_KNOBS = ("faults", "quotas", "zone_accelerators", "networks")
+# Knobs whose value is a list of names: their `serve` flag takes them comma-separated.
+LIST_KNOBS = ("exhausted_zones", "storage_denied_buckets")
+
+
 def _coerce(name: str, value):
+    # Imported here: these modules import the store, which imports this module.
+    if name == "faults":
+        from localgce.faults import validate
+
+        return validate(value)
+    if name == "quotas":
+        from localgce.regions import validate_quotas
+
+        return validate_quotas(value)
+    if name == "zone_accelerators":
+        from localgce.accelerators import validate_zone_accelerators
+
+        return validate_zone_accelerators(value)
+    if name == "networks":
+        from localgce.networks import validate_networks
+
+        return validate_networks(value)
     if name == "exhausted_zones":
         if not isinstance(value, list) or not all(isinstance(z, str) for z in value):
             raise invalid("exhaustedZones must be a list of zone names")
+        return list(value)
+    if name == "storage_denied_buckets":
+        if not isinstance(value, list) or not all(
+            isinstance(b, str) and _BUCKET_RE.match(b) for b in value
+        ):
+            raise invalid(
+                f'storageDeniedBuckets must be a list of bucket names, e.g. ["my-bucket"], '
+                f"got {value!r}"
+            )
         return list(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise invalid(f"{camel(name)} must be a non-negative number, got {value!r}")

@@ -26,11 +26,12 @@ from pathlib import Path
 
 from localgce import auth, procs
 from localgce.app import build_router
-from localgce.config import Knobs, knob_flag, knobs_json, snake
+from localgce.config import JSON_KNOBS, LIST_KNOBS, Knobs, knob_flag, knobs_json, snake
 from localgce.httpserver import start_server
 from localgce.lifecycle import Lifecycle, daemon_tag
 from localgce.state import Store
 from localgce.storage import start_storage
+from localgce.storage_guard import store_policy
 from trainer.lease import pid_alive  # the one liveness check; trainer never imports localgce
 
 log = logging.getLogger("localgce")
@@ -92,19 +93,27 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
     signal.signal(signal.SIGTERM, lambda *_: stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: stop_event.set())
 
-    storage = start_storage(state_dir / "storage", log_path=state_dir / "fake-gcs-server.log")
+    storage = start_storage(
+        state_dir / "storage",
+        log_path=state_dir / "fake-gcs-server.log",
+        policy=store_policy(store),
+    )
     endpoints = {"storage": storage.url, "pid": os.getpid(), "git": str(state_dir / "git")}
     lifecycle = Lifecycle(store, state_dir, storage.url, ssh_enabled=ssh_enabled)
     compute = None
+    router = None
     try:
         router = build_router(store, lifecycle, endpoints)
         compute = start_server(auth.ApiGate(router.dispatch, store, token), name="compute")
         endpoints["compute"] = compute.url
+        router.batch.delete_leftover_vms()  # Batch jobs do not outlive a daemon
         lifecycle.resume()
         _write_json_atomic(
             state_dir / ENDPOINTS_FILE,
             {
                 "compute": compute.url,
+                # Cloud Batch v1 is served on the same port: the URL for BatchServiceClient.
+                "batch": compute.url,
                 "storage": storage.url,
                 "pid": os.getpid(),
                 "git": endpoints["git"],
@@ -120,6 +129,8 @@ def serve(state_dir: Path, knobs: dict | None = None, ssh_enabled: bool = True) 
     finally:
         log.info("localgce stopping")
         (state_dir / ENDPOINTS_FILE).unlink(missing_ok=True)
+        if router is not None and router.batch is not None:
+            router.batch.close()
         lifecycle.close()
         if compute is not None:
             compute.stop()
@@ -188,7 +199,9 @@ def knob_flags(knobs: dict) -> list[str]:
         name = snake(key)
         if name not in known:
             raise DaemonError(f"unknown localgce knob {key!r}; known: {sorted(known)}")
-        flags += [knob_flag(name), ",".join(value) if name == "exhausted_zones" else str(value)]
+        if name in LIST_KNOBS:
+            value = ",".join(value)
+        flags += [knob_flag(name), json.dumps(value) if name in JSON_KNOBS else str(value)]
     return flags
 
 

@@ -12,6 +12,7 @@ HTTP_REASON_PHRASES = {
     412: "PRECONDITION FAILED",
     415: "UNSUPPORTED MEDIA TYPE",
     500: "INTERNAL SERVER ERROR",
+    501: "NOT IMPLEMENTED",
     503: "SERVICE UNAVAILABLE",
 }
 
@@ -25,6 +26,8 @@ class ApiError(Exception):
     status_name: str | None = None
     details: list | None = None
     location: str | None = None
+    # `errors[].domain`: "global" for most errors, "usageLimits" for rate limits.
+    domain: str = "global"
 
     def __init__(self, status: int, reason: str, message: str):
         super().__init__(message)
@@ -33,7 +36,7 @@ class ApiError(Exception):
         self.message = message
 
     def body(self) -> dict:
-        item = {"message": self.message, "domain": "global", "reason": self.reason}
+        item = {"message": self.message, "domain": self.domain, "reason": self.reason}
         if self.location:
             item.update(location=self.location, locationType="header")
         error = {"code": self.status, "message": self.message, "errors": [item]}
@@ -74,3 +77,15 @@ def fingerprint_mismatch() -> ApiError:
 
 def method_not_allowed(method: str, path: str) -> ApiError:
     return ApiError(405, "httpMethodNotAllowed", f"HTTP method {method} is not supported by {path}")
+
+
+def not_implemented(method_id: str) -> ApiError:
+    """A method of Google's Compute v1 document that localgce does not model."""
+    err = ApiError(
+        501,
+        "notImplemented",
+        f"Method {method_id} is not implemented by localgce (docs/localgce.md lists the "
+        "methods it models).",
+    )
+    err.status_name = "UNIMPLEMENTED"
+    return err

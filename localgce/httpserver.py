@@ -4,6 +4,7 @@ Routes are (method, path pattern, handler); `{name}` in a pattern matches one pa
 passed to the handler as a keyword. A path that matches with another method answers 405, an
 unknown path 404, both in GCE's error JSON; a handler that crashes answers 500 and is logged.
 Servers bind 127.0.0.1 port 0 and `start_server` returns once the socket is listening.
+A handler that raises `DropConnection` gets no reply at all: the socket is reset.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import logging
 import re
 import socket
+import struct
 import sys
 import threading
 import urllib.parse
@@ -23,6 +25,10 @@ from localgce.errors import ApiError, method_not_allowed, not_found
 
 LOOPBACK = "127.0.0.1"
 log = logging.getLogger("localgce.http")
+
+
+class DropConnection(Exception):
+    """Raised by a handler: close the connection without a reply (a reset, as a network does)."""
 
 
 @dataclass
@@ -119,6 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
         )
         try:
             resp = self.app(req)
+        except DropConnection:
+            self._reset()
+            return
         except ApiError as err:
             resp = error_response(err)
         except Exception:
@@ -129,6 +138,13 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             # The client went away (e.g. a guest process killed while it waited for a change).
             self.close_connection = True
+
+    def _reset(self) -> None:
+        """Close with an RST (SO_LINGER 0) and nothing written: the client sees a dropped
+        connection."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
 
     def _write(self, resp: Response) -> None:
         payload = resp.body

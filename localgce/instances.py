@@ -42,7 +42,8 @@ class Instances:
         port = rec.guest.get("sshPort")
         nat_ip = f"127.0.0.1:{port}" if port and rec.status == Status.RUNNING else "127.0.0.1"
         nic = dict(out["networkInterfaces"][0])
-        nic["accessConfigs"] = [dict(nic["accessConfigs"][0], natIP=nat_ip)]
+        if nic.get("accessConfigs"):  # no external IP: nothing to publish
+            nic["accessConfigs"] = [dict(nic["accessConfigs"][0], natIP=nat_ip)]
         out["networkInterfaces"] = [nic, *out["networkInterfaces"][1:]]
         return out
 
@@ -64,7 +65,7 @@ class Instances:
 
     # --- handlers --------------------------------------------------------------------------------
     def insert(self, req: Request, project: str, zone: str) -> dict:
-        spec = InstanceSpec.parse(project, zone, req.json())
+        spec = InstanceSpec.parse(project, zone, req.json(), now_unix=self.store.clock())
         image = self.images.resolve(spec.source_image, project)
         if zone in self.store.knobs.exhausted_zones:
             return self._zone_exhausted(spec.key)
@@ -120,7 +121,17 @@ class Instances:
         return self._run("start", req, InstanceKey(project, zone, instance), self.lifecycle.start)
 
     def stop(self, req: Request, project: str, zone: str, instance: str) -> dict:
-        return self._run("stop", req, InstanceKey(project, zone, instance), self.lifecycle.stop)
+        key = InstanceKey(project, zone, instance)
+        with self.store.lock:
+            model = self._rec(key).resource["scheduling"].get("provisioningModel")
+        if model == "FLEX_START":
+            # docs/gce-behaviour.md, "Spot and GPU scheduling options": flex-start VMs run until
+            # their run duration ends (or are deleted); they cannot be stopped or suspended.
+            raise invalid(
+                f"Instance '{instance}' uses the FLEX_START provisioning model, which does not "
+                "support stopping; delete the instance instead."
+            )
+        return self._run("stop", req, key, self.lifecycle.stop)
 
     def delete(self, req: Request, project: str, zone: str, instance: str) -> dict:
         return self._run("delete", req, InstanceKey(project, zone, instance), self.lifecycle.delete)
@@ -157,7 +168,9 @@ class Instances:
             for fixed in ("provisioningModel", "preemptible"):
                 if fixed in current:
                     merged.setdefault(fixed, current[fixed])
-            sched = normalize_scheduling(merged, bool(rec.resource.get("guestAccelerators")))
+            sched = normalize_scheduling(
+                merged, bool(rec.resource.get("guestAccelerators")), self.store.clock()
+            )
 
         def work(key: InstanceKey) -> None:
             with self.store.lock:

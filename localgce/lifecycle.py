@@ -16,6 +16,11 @@ Threads and locks:
   before that thread starts, so the guest sees them before any signal. The thread names the boot
   it stops: a stop decided for one boot never hits the next one.
 - A ticker thread preempts RUNNING Spot VMs at random when `preemption_rate_per_hour` > 0.
+- A Spot VM with `scheduling.preemptionNoticeDuration` shows `preempted=TRUE` for that long
+  before its preemption's soft-off (a thread waits it out, then stops that boot).
+- A boot of a VM with a time limit (`maxRunDuration` from the boot's start, or `terminationTime`)
+  gets a timer thread: at the limit the boot goes down the same stop path, then
+  `instanceTerminationAction` (STOP: TERMINATED; DELETE: gone). `preempted` stays FALSE.
 - `close()` (daemon stop) kills every guest process quickly and leaves statuses as they are;
   `resume()` (daemon start) sweeps leftovers of a crashed daemon and boots RUNNING instances again,
   as a host reboot would.
@@ -40,8 +45,16 @@ from localgce import links, procs
 from localgce.errors import already_exists, invalid, not_found, not_ready
 from localgce.guest import GuestAgent, guest_env, write_shims
 from localgce.httpserver import RunningServer, start_server
-from localgce.instance_resource import InstanceSpec, is_spot, metadata_dict, new_instance
+from localgce.instance_resource import (
+    InstanceSpec,
+    duration_seconds,
+    is_spot,
+    metadata_dict,
+    new_instance,
+    parse_rfc3339,
+)
 from localgce.metadata_server import MetadataServer, build_tree
+from localgce.operations import GUEST_TERMINATE, record_system_event
 from localgce.serial import SerialPort
 from localgce.ssh import Sshd, parse_ssh_keys, sshd_binary, write_authorized_keys
 from localgce.state import InstanceKey, InstanceRecord, Status, Store
@@ -49,6 +62,7 @@ from localgce.state import InstanceKey, InstanceRecord, Status, Store
 log = logging.getLogger("localgce.lifecycle")
 QUICK_KILL_SECONDS = 2.0
 CHAOS_TICK_SECONDS = 1.0
+RUN_LIMIT_CHECK_SECONDS = 5.0
 AGENT_JOIN_SECONDS = 2.0
 KERNEL_IDENT = "localgce"
 MIGRATE_EVENT = "MIGRATE_ON_HOST_MAINTENANCE"
@@ -67,6 +81,32 @@ def after_preemption(resource: dict) -> Then:
     """`instanceTerminationAction`: STOP (the default) keeps the VM, DELETE deletes it."""
     action = resource["scheduling"].get("instanceTerminationAction", "STOP")
     return Then.DELETE if action == "DELETE" else Then.TERMINATE
+
+
+def rfc3339(unix: float) -> str:
+    """RFC 3339 with milliseconds and a numeric offset, as Store.timestamp writes the present."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(unix))
+    return f"{whole}.{int((unix % 1) * 1000):03d}-00:00"
+
+
+def preemption_notice_seconds(resource: dict) -> float:
+    """How long `preempted` shows TRUE before a preemption's soft-off (0: none; Spot only)."""
+    sched = resource.get("scheduling", {})
+    notice = sched.get("preemptionNoticeDuration")
+    if not notice or sched.get("provisioningModel") != "SPOT":
+        return 0.0
+    return duration_seconds("preemptionNoticeDuration", notice)
+
+
+def run_limit_seconds(resource: dict, now_unix: float) -> float | None:
+    """Seconds from now (a boot's start) to the end of its time limit; None: no limit."""
+    sched = resource.get("scheduling", {})
+    if sched.get("maxRunDuration"):
+        return duration_seconds("maxRunDuration", sched["maxRunDuration"])
+    if sched.get("terminationTime"):
+        moment = parse_rfc3339(sched["terminationTime"])
+        return None if moment is None else max(0.0, moment - now_unix)
+    return None
 
 
 def after_maintenance(resource: dict) -> Then:
@@ -244,7 +284,16 @@ class Lifecycle:
                 rec.resource["status"] = Status.RUNNING
                 rec.resource["lastStartTimestamp"] = self.store.timestamp()
                 rec.guest.update(metadataPort=m.metadata.port, sshPort=ssh_port)
+                now = self.store.clock()
+                limit_seconds = run_limit_seconds(rec.resource, now)
+                if limit_seconds is not None:
+                    # Output only on GCE: when the running VM's time limit ends.
+                    rec.resource["resourceStatus"] = {
+                        "scheduling": {"terminationTimestamp": rfc3339(now + limit_seconds)}
+                    }
                 self.store.commit()
+            if limit_seconds is not None:
+                self._in_thread("run-limit", key, self._end_run_limit, boot_number, limit_seconds)
             shutdown_env = dict(env, **{procs.MARKER_VAR: m.marker + "shutdown"})
             m.agent = GuestAgent(
                 host=key.name,
@@ -400,6 +449,8 @@ class Lifecycle:
                 return
             rec.resource["status"] = Status.TERMINATED
             rec.resource["lastStopTimestamp"] = self.store.timestamp()
+            # A stopped VM has no planned termination; the next boot sets it again.
+            rec.resource.pop("resourceStatus", None)
             rec.guest.update(metadataPort=None, sshPort=None, maintenanceEvent="NONE")
             self.store.commit()
 
@@ -425,16 +476,45 @@ class Lifecycle:
         self._stop_boot(key, None, "Deleting instance", Then.DELETE)
 
     def preempt(self, key: InstanceKey) -> None:
-        """Spot preemption: preempted=TRUE now, then (in a thread) soft-off, window, off."""
+        """Spot preemption: preempted=TRUE now, then (in a thread) the preemption notice if the VM
+        has one, soft-off, window, off. A VM already being preempted is left to that."""
         with self.store.lock:
             rec = self._running(key, "only RUNNING VMs are preempted")
             if not is_spot(rec.resource):
                 raise invalid(f"Instance '{key.name}' is not a Spot or preemptible VM.")
+            if rec.guest.get("preempted"):
+                return
             rec.guest["preempted"] = True
             boot = rec.guest["boot"]
+            notice_seconds = preemption_notice_seconds(rec.resource)
             self.store.commit()
         self._console(key, "Instance was preempted.")
-        self._in_thread("preempt", key, self._stop_boot, boot, "Preemption", after_preemption)
+        if notice_seconds:
+            self._console(key, f"Preemption notice: {notice_seconds:g} s before the soft-off")
+        self._in_thread("preempt", key, self._end_preemption, boot, notice_seconds)
+
+    def _end_preemption(self, key: InstanceKey, boot: int, notice_seconds: float) -> None:
+        """After the preemption notice (none by default): the stop path, then the action."""
+        if notice_seconds and self._closing.wait(notice_seconds):
+            return
+        self._stop_boot(key, boot, "Preemption", after_preemption)
+
+    def _end_run_limit(self, key: InstanceKey, boot: int, limit_seconds: float) -> None:
+        """At the end of a boot's time limit: the stop path, then instanceTerminationAction.
+        Checks every RUN_LIMIT_CHECK_SECONDS that the boot is still up, so the timer of a boot
+        that ended early (a stop, a preemption) does not linger for the rest of its limit."""
+        deadline = time.monotonic() + limit_seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if self._closing.wait(min(left, RUN_LIMIT_CHECK_SECONDS)):
+                return
+            with self.store.lock:
+                if not _is_boot(self._record(key), boot):
+                    return
+        with self.store.lock:
+            if not _is_boot(self._record(key), boot):
+                return
+        self._console(key, "Instance reached the end of its time limit.")
+        self._stop_boot(key, boot, "Time limit reached", after_preemption)
 
     def simulate_maintenance(self, key: InstanceKey) -> None:
         """Spot VMs are preempted; others get the notice, then live-migrate or stop."""
@@ -465,13 +545,20 @@ class Lifecycle:
                 self.store.commit()
 
     def guest_shutdown(self, key: InstanceKey, action: str) -> None:
-        """`shutdown`/`poweroff`/`reboot` inside the guest (through the shims)."""
+        """`shutdown`/`poweroff`/`reboot` inside the guest (through the shims). A power-off is
+        a system event in the zone's operations, as on GCE; a reboot is not logged there."""
         with self.store.lock:
             rec = self._record(key)
             if rec is None or rec.status != Status.RUNNING:
                 return
             boot = rec.guest["boot"]
+            instance_id = rec.resource["id"]
         then = Then.RESTART if action == "reboot" else Then.TERMINATE
+        if then is Then.TERMINATE:
+            record_system_event(
+                self.store, GUEST_TERMINATE, key.project, key.zone,
+                f"projects/{key.project}/zones/{key.zone}/instances/{key.name}", instance_id,
+            )  # fmt: skip
         self._in_thread(f"guest-{action}", key, self._stop_boot, boot, f"Guest {action}", then)
 
     # --- daemon start/stop -----------------------------------------------------------------------
@@ -509,6 +596,7 @@ class Lifecycle:
                     for key, rec in self.store.instances.items()
                     if rec.status == Status.RUNNING
                     and is_spot(rec.resource)
+                    and not rec.guest.get("preempted")
                     and self.store.rng.random() < probability
                 ]
             for key in victims:

@@ -313,6 +313,20 @@ class MetadataServer:
         return self._reply(200, token + ".")
 
 
+def _network_interface(res: dict, number: str, nat_ip: str) -> dict:
+    """nic0 as the guest sees it: its network, subnetwork, and access configs only with an
+    external IP (the metadata server names networks by project number)."""
+    nic = (res.get("networkInterfaces") or [{}])[0]
+    network = nic.get("network", "default").rsplit("/", 1)[-1]
+    out: dict = {"ip": "127.0.0.1", "network": f"projects/{number}/networks/{network}"}
+    if nic.get("subnetwork"):
+        region, subnet = nic["subnetwork"].split("/regions/", 1)[-1].split("/subnetworks/")
+        out["subnetwork"] = f"projects/{number}/regions/{region}/subnetworks/{subnet}"
+    if nic.get("accessConfigs"):
+        out["access-configs"] = Indexed({"0": {"external-ip": nat_ip, "type": "ONE_TO_ONE_NAT"}})
+    return out
+
+
 def build_tree(store: Store, key: InstanceKey) -> dict:
     """The metadata tree of one instance, from the store (call with the lock held)."""
     rec = store.instances.get(key)
@@ -358,17 +372,7 @@ def build_tree(store: Store, key: InstanceKey) -> dict:
             "machine-type": f"projects/{number}/machineTypes/{machine_type}",
             "maintenance-event": guest.get("maintenanceEvent", "NONE"),
             "name": name,
-            "network-interfaces": Indexed(
-                {
-                    "0": {
-                        "access-configs": Indexed(
-                            {"0": {"external-ip": nat_ip, "type": "ONE_TO_ONE_NAT"}}
-                        ),
-                        "ip": "127.0.0.1",
-                        "network": f"projects/{number}/networks/default",
-                    }
-                }
-            ),
+            "network-interfaces": Indexed({"0": _network_interface(res, number, nat_ip)}),
             "preempted": "TRUE" if guest.get("preempted") else "FALSE",
             "scheduling": {
                 "automatic-restart": "TRUE" if sched.get("automaticRestart") else "FALSE",

@@ -1,4 +1,6 @@
-"""Operations: what every mutating call answers, and zoneOperations/globalOperations get + wait.
+"""Operations: what every mutating call answers, zoneOperations/globalOperations get + wait,
+zoneOperations.list, and the system events GCE records without a caller (a preemption, a guest
+powering itself off: docs/gce-behaviour.md, "Why a VM stopped: system events").
 
 By default the work is done before the reply and the Operation is already DONE, because the
 client's `ExtendedOperation.result()` polls compute.googleapis.com, not our endpoint
@@ -18,12 +20,57 @@ from collections.abc import Callable
 from localgce import links
 from localgce.errors import HTTP_REASON_PHRASES, ApiError, not_found
 from localgce.httpserver import Request
+from localgce.listing import list_response
 from localgce.state import Store
 
 log = logging.getLogger("localgce.operations")
 # wait returns by about 2 minutes even if the operation is not DONE (docs/gce-behaviour.md,
 # "Operations").
 WAIT_CAP_SECONDS = 120.0
+# Operation types of the events GCE records itself ("user": "system").
+GUEST_TERMINATE = "compute.instances.guestTerminate"
+
+
+def record_system_event(store: Store, op_type: str, project: str, zone: str, target_path: str,
+                        target_id: str) -> dict:  # fmt: skip
+    """A DONE Operation nobody asked for, as GCE lists for a preemption or a guest power-off."""
+    op = _new_operation(store, op_type, project, zone, target_path, target_id, None)
+    with store.lock:
+        op["user"] = "system"
+        op["status"], op["progress"] = "DONE", 100
+        op["endTime"] = store.timestamp()
+        store.changed.notify_all()
+    return public(op)
+
+
+def _new_operation(store: Store, op_type, project, zone, target_path, target_id, request_id):
+    with store.lock:
+        name = f"operation-{int(store.clock() * 1000)}-{store.new_hex(6)}"
+        scope = f"projects/{project}/zones/{zone}" if zone else f"projects/{project}/global"
+        op = {
+            "kind": "compute#operation",
+            "id": store.new_id(),
+            "name": name,
+            "operationType": op_type,
+            "targetLink": links.url(target_path),
+            "status": "RUNNING",
+            "user": "localgce@localhost",
+            "progress": 0,
+            "insertTime": store.timestamp(),
+            "startTime": store.timestamp(),
+            "selfLink": links.url(f"{scope}/operations/{name}"),
+            "_created": store.clock(),
+            "_project": project,
+            "_zone": zone,
+        }
+        if target_id:
+            op["targetId"] = target_id
+        if zone:
+            op["zone"] = links.url(f"projects/{project}/zones/{zone}")
+        if request_id:
+            op["clientOperationId"] = request_id
+        store.operations[name] = op
+        return op
 
 
 class Operations:
@@ -53,43 +100,27 @@ class Operations:
         thread.start()
         return public(op)
 
-    def fail(self, op_type, project, target_path, zone, error: ApiError, code: str) -> dict:
+    def fail(
+        self,
+        op_type,
+        project,
+        target_path,
+        zone,
+        error: ApiError,
+        code: str,
+        details: list | None = None,
+    ) -> dict:
         """A DONE Operation carrying an error found after the request was accepted
-        (docs/gce-behaviour.md, "API errors")."""
+        (docs/gce-behaviour.md, "API errors"); `details`: its `errorDetails` (e.g. quotaInfo)."""
         op = self._new(op_type, project, zone, target_path, "", None)
         with self.store.lock:
-            self._finish(op, error=error, code=code)
+            self._finish(op, error=error, code=code, details=details)
         return public(op)
 
     def _new(self, op_type, project, zone, target_path, target_id, request_id) -> dict:
-        store = self.store
-        with store.lock:
-            name = f"operation-{int(store.clock() * 1000)}-{store.new_hex(6)}"
-            scope = f"projects/{project}/zones/{zone}" if zone else f"projects/{project}/global"
-            op = {
-                "kind": "compute#operation",
-                "id": store.new_id(),
-                "name": name,
-                "operationType": op_type,
-                "targetLink": links.url(target_path),
-                "status": "RUNNING",
-                "user": "localgce@localhost",
-                "progress": 0,
-                "insertTime": store.timestamp(),
-                "startTime": store.timestamp(),
-                "selfLink": links.url(f"{scope}/operations/{name}"),
-                "_created": store.clock(),
-                "_project": project,
-                "_zone": zone,
-            }
-            if target_id:
-                op["targetId"] = target_id
-            if zone:
-                op["zone"] = links.url(f"projects/{project}/zones/{zone}")
-            if request_id:
-                op["clientOperationId"] = request_id
-            store.operations[name] = op
-            return op
+        return _new_operation(
+            self.store, op_type, project, zone, target_path, target_id, request_id
+        )
 
     def _execute(self, op: dict, work: Callable[[], None] | None) -> None:
         self._execute_work_only(op, work)
@@ -116,13 +147,18 @@ class Operations:
             op["_error"] = ApiError(500, "internalError", "internal error in localgce")
             op["_code"] = "INTERNAL_ERROR"
 
-    def _finish(self, op: dict, error: ApiError | None, code: str) -> None:
+    def _finish(
+        self, op: dict, error: ApiError | None, code: str, details: list | None = None
+    ) -> None:
         """Mark DONE (lock held). A failed op gets both httpError fields so result() raises."""
         op["status"] = "DONE"
         op["progress"] = 100
         op["endTime"] = self.store.timestamp()
         if error is not None:
-            op["error"] = {"errors": [{"code": code, "message": error.message}]}
+            item = {"code": code, "message": error.message}
+            if details:
+                item["errorDetails"] = details
+            op["error"] = {"errors": [item]}
             op["httpErrorStatusCode"] = error.status
             op["httpErrorMessage"] = HTTP_REASON_PHRASES.get(error.status, "ERROR")
         self.store.changed.notify_all()
@@ -152,6 +188,20 @@ class Operations:
 
     def zone_wait(self, req: Request, project: str, zone: str, operation: str) -> dict:
         return self._wait(project, zone, operation)
+
+    def zone_list(self, req: Request, project: str, zone: str) -> dict:
+        """With GCE's filter, orderBy and paging; "creationTimestamp desc" (the order GCE
+        documents for operations, newest first) sorts by insertTime."""
+        with self.store.lock:
+            ops = [
+                public(op)
+                for op in self.store.operations.values()
+                if op["_project"] == project and op["_zone"] == zone
+            ]
+        query = dict(req.query)
+        query["orderBy"] = query.get("orderBy", "").replace("creationTimestamp", "insertTime")
+        link = links.url(f"projects/{project}/zones/{zone}/operations")
+        return list_response("compute#operationList", ops, query, link)
 
     def global_get(self, req: Request, project: str, operation: str) -> dict:
         with self.store.lock:

@@ -5,7 +5,7 @@ Any project id is accepted; a project is created on first use (state.Store.proje
 
 from __future__ import annotations
 
-from localgce import links
+from localgce import links, regions
 from localgce.errors import fingerprint_mismatch
 from localgce.httpserver import Request
 from localgce.instance_resource import validate_metadata_items
@@ -33,6 +33,7 @@ class Projects:
                     **proj["commonInstanceMetadata"],
                 },
                 "defaultServiceAccount": proj["defaultServiceAccount"],
+                "quotas": regions.project_quotas(self.store, project),
                 "selfLink": links.url(f"projects/{project}"),
                 "xpnProjectStatus": "UNSPECIFIED_XPN_PROJECT_STATUS",
             }

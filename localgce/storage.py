@@ -18,7 +18,7 @@ from pathlib import Path
 
 from localgce import procs
 from localgce.httpserver import RunningServer
-from localgce.storage_guard import Upstream, start_guard
+from localgce.storage_guard import Upstream, WritePolicy, start_guard
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_SECONDS = 15.0
@@ -95,15 +95,17 @@ def start_storage(
     log_path: Path | None = None,
     ready_timeout_seconds: float = READY_TIMEOUT_SECONDS,
     start_new_session: bool = False,
+    policy: WritePolicy | None = None,
 ) -> StorageServer:
-    """Start fake-gcs-server with a filesystem backend under ``root``; return once it answers."""
+    """Start fake-gcs-server with a filesystem backend under ``root``; return once it answers.
+    ``policy``: which buckets' objects the guard refuses to write (default: none)."""
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     log_path = Path(log_path) if log_path else root.parent / "fake-gcs-server.log"
     binary = binary_path()
     last_error = ""
     upstream = Upstream()
-    guard = start_guard(upstream)
+    guard = start_guard(upstream, policy)
     for _ in range(START_ATTEMPTS):
         port = upstream.port = _free_loopback_port()
         upstream_url = f"http://{LOOPBACK}:{port}"

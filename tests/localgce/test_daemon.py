@@ -32,7 +32,8 @@ def test_cli_start_status_stop_and_state_survives_restart(tmp_path):
     try:
         on_disk = json.loads((state_dir / "endpoints.json").read_text())
         assert on_disk == started
-        assert set(started) == {"compute", "storage", "pid", "git"}
+        assert set(started) == {"compute", "batch", "storage", "pid", "git"}
+        assert started["batch"] == started["compute"]  # Batch v1 is served on the same port
         assert started["compute"].startswith("http://127.0.0.1:")
         assert started["storage"].startswith("http://127.0.0.1:")
         assert os.path.isdir(started["git"])

@@ -116,7 +116,29 @@ def test_guest_shutdown_uses_the_shim_not_the_host(compute, image):
     text = compute.serial(name)
     assert "Guest poweroff" in text
     assert "shutdown-script: guest-shutdown-script" in text
+    # GCE lists the power-off as a system event of the instance; the orchestrator reads it.
+    assert _system_events(compute, name) == ["compute.instances.guestTerminate"]
     compute.delete(name)
+
+
+def _system_events(compute, name: str) -> list[str]:
+    """The operation types zoneOperations.list shows for the instance with user "system"."""
+    target = compute.get(name).id
+    ops = compute.zone_operations.list(
+        request=compute_v1.ListZoneOperationsRequest(
+            project=PROJECT, zone=ZONE, filter=f'targetId = "{target}"',
+            order_by="creationTimestamp desc",
+        )
+    )  # fmt: skip
+    return [op.operation_type for op in ops if op.user == "system"]
+
+
+def test_operation_list_filters_localgce_cannot_answer_are_refused(compute):
+    request = compute_v1.ListZoneOperationsRequest(
+        project=PROJECT, zone=ZONE, filter='targetId = "1" OR targetId = "2"'
+    )
+    with pytest.raises(exceptions.BadRequest, match="OR is not supported"):
+        list(compute.zone_operations.list(request=request))
 
 
 @pytest.mark.slow
@@ -130,6 +152,7 @@ def test_guest_reboot_boots_again(compute, image):
     assert "Guest reboot: ACPI soft-off" in text
     assert text.count("Booting") == 2
     assert compute.status(name) == "RUNNING"
+    assert _system_events(compute, name) == []  # a reboot is not a termination
     compute.delete(name)
 
 
