@@ -4,9 +4,12 @@
 #
 # Boot lifecycle: read and strictly validate every metadata value (nothing from metadata is ever
 # evaluated by a shell; the hyperparameter JSON is parsed by Python) → if the job is DONE, power
-# off (unless keep-alive) → fetch the trainer repository at the exact commit recorded in metadata
-# → run the trainer as an unprivileged user from the image's Python environment, one attempt at a
-# time, logging to a file, to this script's output (journal/serial console) and to the job dir →
+# off (unless keep-alive) → fetch the trainer code at the exact commit recorded in metadata: by
+# default a git bundle in the job bucket (trainer-bundle, downloaded with the VM's own service
+# account by `python -m trainer.codefetch`, checked with `git bundle verify` and against
+# trainer-commit), or a named git remote (trainer-repo) → run the trainer as an unprivileged
+# user from the image's Python environment, one attempt at a time, logging to a file, to this
+# script's output (journal/serial console) and to the job dir →
 # exit 0: power off; exit 75 (notice checkpoint saved): wait for the shutdown that is coming;
 # exit 1: retry up to crash-retries times, then FAILED; exit 73 (LEASE held): wait the lease's
 # stale limit and try again (a killed holder's LEASE frees itself by then; a live writer's job
@@ -35,6 +38,8 @@ readonly STARTUP_CURL_TIMEOUT_SECONDS=10
 readonly STARTUP_CURL_RETRIES=5
 readonly STARTUP_MAX_VALUE_BYTES=65536
 readonly STARTUP_MAX_SCRIPT_BYTES=262144
+# The largest code bundle startup.sh downloads (2 GiB); a training repository is megabytes.
+readonly STARTUP_MAX_BUNDLE_BYTES=2147483648
 # The trainer's default LEASE stale limit (trainer/lease.py); SURVIVAL_LEASE_STALE_SECONDS
 # overrides both.
 readonly STARTUP_DEFAULT_LEASE_STALE_SECONDS=300
@@ -59,6 +64,10 @@ readonly STARTUP_RE_COMMIT='^[0-9a-f]{40}([0-9a-f]{24})?$'
 readonly STARTUP_RE_MODULE='^[A-Za-z_][A-Za-z0-9_]{0,63}(\.[A-Za-z_][A-Za-z0-9_]{0,63}){0,7}$'
 readonly STARTUP_RE_JOB_DIR='^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._=-]+){0,16}$'
 readonly STARTUP_RE_REPO='^(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?|file://)(/[A-Za-z0-9._~-]+)+$'
+# A code bundle: an object of a bucket as STARTUP_RE_JOB_DIR allows it (same bucket and segment
+# rules, no more), named COMMIT.bundle (read_settings also checks COMMIT is trainer-commit and
+# that no segment is ..).
+readonly STARTUP_RE_BUNDLE='^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._=-]+){0,15}/[0-9a-f]{40}([0-9a-f]{24})?\.bundle$'
 readonly STARTUP_RE_COUNT='^[1-9][0-9]{0,8}$'
 # checkpoint-steps may be 0: only notice and final saves, as the trainer allows.
 readonly STARTUP_RE_COUNT_OR_ZERO='^(0|[1-9][0-9]{0,8})$'
@@ -246,20 +255,84 @@ startup::run_as() {
   startup::log "running the trainer as ${STARTUP_RUN_AS[1]#--reuid=}"
 }
 
-# startup::checkout : the trainer repository at exactly ${STARTUP_COMMIT}.
+# startup::fetch_remote : fetch refs/heads/${STARTUP_BRANCH} of the git remote ${STARTUP_REPO}.
+# Credentials are the VM's own (a gcloud credential helper for Google-hosted remotes, when the
+# image has one) or the image's git configuration; none ever comes from metadata.
+startup::fetch_remote() {
+  local git_auth=() host="${STARTUP_REPO#https://}"
+  host="${host%%/*}"
+  if [[ "${STARTUP_REPO}" == https://* ]] && command -v git-credential-gcloud.sh >/dev/null 2>&1; then
+    if [[ "${host}" == source.developers.google.com ]]; then
+      # Cloud Source Repositories (existing customers only): the VM's service account.
+      git_auth=(-c "credential.https://source.developers.google.com.helper=gcloud.sh")
+    elif [[ "${host}" == *.sourcemanager.dev ]]; then
+      # Secure Source Manager: the VM's service account, as its docs configure gcloud.sh.
+      git_auth=(-c "credential.https://${host}.helper=gcloud.sh")
+    fi
+  fi
+  # Values were validated above (a URL, a branch name): neither can start with '-'.
+  if ! git -C "${STARTUP_SRC_DIR}" "${git_auth[@]}" fetch --quiet "${STARTUP_REPO}" "refs/heads/${STARTUP_BRANCH}"; then
+    STARTUP_REASON="cannot fetch commit ${STARTUP_COMMIT} of branch ${STARTUP_BRANCH} from ${STARTUP_REPO}"
+    return 1
+  fi
+}
+
+# startup::fetch_bundle : bring ${STARTUP_COMMIT} in from the bundle ${STARTUP_BUNDLE}: download it
+# with the VM's service account, `git bundle verify` it, fetch its branch and check that the
+# branch is exactly trainer-commit. A commit already on this disk (an earlier boot fetched it) is
+# not downloaded again.
+startup::fetch_bundle() {
+  local file="${STARTUP_STATE_DIR}/code/${STARTUP_COMMIT}.bundle" err="${STARTUP_VALUES_DIR}/.code-error" fetched line
+  if git -C "${STARTUP_SRC_DIR}" cat-file -e "${STARTUP_COMMIT}^{commit}" 2>/dev/null; then
+    startup::log "commit ${STARTUP_COMMIT:0:12} is already on this disk; not downloading ${STARTUP_BUNDLE}"
+    return 0
+  fi
+  mkdir -p "${file%/*}"
+  if ! "${STARTUP_PYTHON}" -m trainer.codefetch download "${STARTUP_BUNDLE}" "${file}" \
+    --max-bytes "${STARTUP_MAX_BUNDLE_BYTES}" 2>"${err}" | startup::prefix; then
+    line="$(grep -v '^[[:space:]]*$' "${err}" | tail -n 1 | head -c 300 || true)"
+    if grep -q 'No module named trainer.codefetch' "${err}"; then
+      line="the image's trainer package has no trainer.codefetch (baked before code bundles); bake a new image with invoke bake-image, or set survival.trainer_repo to a git remote"
+    fi
+    STARTUP_REASON="cannot fetch the code: ${line#error: }"
+    return 1
+  fi
+  if ! git -C "${STARTUP_SRC_DIR}" bundle verify --quiet "${file}" 2>"${err}"; then
+    STARTUP_REASON="validation error: ${STARTUP_BUNDLE} is not a complete git bundle ($(head -n 1 "${err}" | head -c 200))"
+    rm -f -- "${file}"
+    return 1
+  fi
+  if ! git -C "${STARTUP_SRC_DIR}" fetch --quiet --no-tags "${file}" "refs/heads/${STARTUP_BRANCH}" 2>"${err}"; then
+    STARTUP_REASON="validation error: ${STARTUP_BUNDLE} has no branch ${STARTUP_BRANCH} ($(head -n 1 "${err}" | head -c 200))"
+    rm -f -- "${file}"
+    return 1
+  fi
+  rm -f -- "${file}"
+  fetched="$(git -C "${STARTUP_SRC_DIR}" rev-parse --verify --quiet FETCH_HEAD || true)"
+  if [[ "${fetched}" != "${STARTUP_COMMIT}" ]]; then
+    STARTUP_REASON="validation error: ${STARTUP_BUNDLE} holds commit ${fetched:-none}, not trainer-commit ${STARTUP_COMMIT}; push the code again"
+    return 1
+  fi
+  startup::log "fetched commit ${STARTUP_COMMIT:0:12} from ${STARTUP_BUNDLE}"
+}
+
+# startup::checkout : the trainer code at exactly ${STARTUP_COMMIT}; on failure the reason is in
+# STARTUP_REASON.
 startup::checkout() {
   if [[ ! -d "${STARTUP_SRC_DIR}/.git" ]]; then
     rm -rf "${STARTUP_SRC_DIR}"
     git init --quiet "${STARTUP_SRC_DIR}"
   fi
-  local git_auth=()
-  if [[ "${STARTUP_REPO}" == https://source.developers.google.com/* ]] && command -v git-credential-gcloud.sh >/dev/null 2>&1; then
-    # Cloud Source Repositories: authenticate with the VM's service account via gcloud.
-    git_auth=(-c "credential.https://source.developers.google.com.helper=gcloud.sh")
+  if [[ -n "${STARTUP_BUNDLE}" ]]; then
+    startup::fetch_bundle || return 1
+  else
+    startup::fetch_remote || return 1
   fi
-  # Values were validated above (a URL, a branch name, a hex commit): none can start with '-'.
-  git -C "${STARTUP_SRC_DIR}" "${git_auth[@]}" fetch --quiet "${STARTUP_REPO}" "refs/heads/${STARTUP_BRANCH}" || return 1
-  git -C "${STARTUP_SRC_DIR}" -c advice.detachedHead=false checkout --quiet --force --detach "${STARTUP_COMMIT}" || return 1
+  # A hex commit, validated above: it cannot start with '-'.
+  if ! git -C "${STARTUP_SRC_DIR}" -c advice.detachedHead=false checkout --quiet --force --detach "${STARTUP_COMMIT}"; then
+    STARTUP_REASON="cannot check out commit ${STARTUP_COMMIT} (branch ${STARTUP_BRANCH})"
+    return 1
+  fi
   git -C "${STARTUP_SRC_DIR}" clean --quiet -fdx
   chmod -R a+rX "${STARTUP_SRC_DIR}"
 }
@@ -349,6 +422,12 @@ startup::wait_for_shutdown() {
   while true; do
     sleep 5 &
     wait $! || true
+    if ((STARTUP_STOPPING)); then
+      # Its SIGTERM came (after a preemption notice, say): end now, not at the window's end.
+      kill "$!" 2>/dev/null || true
+      startup::log "the VM is shutting down; nothing left to do"
+      exit 0
+    fi
   done
 }
 
@@ -365,7 +444,8 @@ startup::read_settings() {
   fi
   startup::value STARTUP_KEEP_ALIVE keep-alive "${STARTUP_RE_BOOL}" false || STARTUP_KEEP_ALIVE=false
   local hparams_file="${STARTUP_VALUES_DIR}/hparams"
-  startup::value STARTUP_REPO trainer-repo "${STARTUP_RE_REPO}" \
+  startup::value STARTUP_REPO trainer-repo "${STARTUP_RE_REPO}" "" \
+    && startup::value STARTUP_BUNDLE trainer-bundle "${STARTUP_RE_BUNDLE}" "" \
     && startup::value STARTUP_BRANCH trainer-branch "${STARTUP_RE_BRANCH}" \
     && startup::value STARTUP_COMMIT trainer-commit "${STARTUP_RE_COMMIT}" \
     && startup::value STARTUP_MODULE trainer-module "${STARTUP_RE_MODULE}" \
@@ -378,6 +458,25 @@ startup::read_settings() {
   if [[ "${STARTUP_BRANCH}" == *..* ]]; then
     STARTUP_REASON="metadata key trainer-branch has an invalid value (contains ..)"
     return 2
+  fi
+  # The code comes from exactly one place: a bundle in Cloud Storage or a git remote.
+  if [[ -z "${STARTUP_BUNDLE}" && -z "${STARTUP_REPO}" ]]; then
+    STARTUP_REASON="metadata has neither trainer-bundle nor trainer-repo: nothing to fetch the code from"
+    return 2
+  fi
+  if [[ -n "${STARTUP_BUNDLE}" && -n "${STARTUP_REPO}" ]]; then
+    STARTUP_REASON="metadata has both trainer-bundle and trainer-repo; set only one"
+    return 2
+  fi
+  if [[ -n "${STARTUP_BUNDLE}" ]]; then
+    if [[ "${STARTUP_BUNDLE}/" == */../* ]]; then
+      STARTUP_REASON="metadata key trainer-bundle has an invalid value (a .. segment)"
+      return 2
+    fi
+    if [[ "${STARTUP_BUNDLE##*/}" != "${STARTUP_COMMIT}.bundle" ]]; then
+      STARTUP_REASON="metadata key trainer-bundle names ${STARTUP_BUNDLE##*/}, not the bundle of trainer-commit ${STARTUP_COMMIT}"
+      return 2
+    fi
   fi
   if [[ ! -f "${hparams_file}" ]]; then
     printf '%s' "${STARTUP_HPARAMS_RAW}" >"${hparams_file}"
@@ -418,7 +517,7 @@ startup::main() {
     return 0
   fi
   if ! startup::checkout; then
-    startup::mark_failed "cannot fetch commit ${STARTUP_COMMIT} of branch ${STARTUP_BRANCH} from ${STARTUP_REPO}"
+    startup::mark_failed "${STARTUP_REASON}"
     startup::poweroff
     return 1
   fi

@@ -91,6 +91,28 @@ class Compute(Protocol):
     ) -> None:
         """Register a localgce image: ``source_dir`` (absolute) holds venv/bin/python."""
 
+    def region_quotas(self, region: str) -> dict[str, tuple[float, float]]:
+        """metric → (limit, usage) of a region's quotas (regions.get)."""
+
+    def project_quotas(self) -> dict[str, tuple[float, float]]:
+        """metric → (limit, usage) of the project's global quotas (projects.get)."""
+
+    def accelerator_types(self, zone: str) -> list[str]:
+        """Names of the accelerator types the zone offers (acceleratorTypes.list)."""
+
+    def default_service_account(self) -> str:
+        """The project's default service account email."""
+
+    def get_network(self, name: str) -> dict[str, Any] | None:
+        """The VPC network's REST JSON, or None if it does not exist."""
+
+    def get_subnetwork(self, region: str, name: str) -> dict[str, Any] | None:
+        """The subnetwork's REST JSON, or None if it does not exist."""
+
+    def system_events(self, zone: str, instance_id: str) -> list[tuple[str, str]]:
+        """(operationType, insertTime) of the events GCE recorded itself for the instance
+        (a guest power-off, a preemption, ...), newest first."""
+
     def get_project_metadata(self) -> dict[str, str]:
         """The project's common instance metadata items."""
 

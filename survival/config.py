@@ -20,7 +20,7 @@ from typing import Any
 from survival.errors import ConfigError
 
 BACKENDS = ("local", "gce")
-PROVISIONING_MODELS = ("spot", "preemptible", "standard")
+PROVISIONING_MODELS = ("spot", "preemptible", "standard", "flex-start")
 STORAGE_READ_WRITE_SCOPE = "https://www.googleapis.com/auth/devstorage.read_write"
 LOGGING_WRITE_SCOPE = "https://www.googleapis.com/auth/logging.write"
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -30,7 +30,11 @@ KIT_ROOT = Path(__file__).resolve().parent.parent
 # The project localgce serves when survival.project is empty (any id works there; one is used).
 LOCAL_PROJECT = "local-project"
 LOCAL_JOB_BUCKET = "survival-jobs"
-TRAINER_REPO_NAME = "trainer"
+# survival.trainer_repo, when set: a git URL startup.sh accepts (its STARTUP_RE_REPO, the same
+# pattern). Empty (the default): the code travels as a git bundle in the job bucket.
+TRAINER_REPO_RE = re.compile(
+    r"^(https://[A-Za-z0-9.-]+(:[0-9]{1,5})?|file://)(/[A-Za-z0-9._~-]+)+$"
+)
 
 # Code defaults; invoke.yaml repeats them with comments (a test keeps the two in step).
 DEFAULTS: dict[str, Any] = {
@@ -52,6 +56,16 @@ DEFAULTS: dict[str, Any] = {
     "disk_size_gb": 50,
     "max_restarts": 20,
     "heartbeat_stale_seconds": 300,
+    # Spot only: how long instance/preempted shows TRUE before the ACPI soft-off. Empty: the
+    # backend's default (GCE_PREEMPTION_NOTICE_SECONDS on gce, LOCAL_PREEMPTION_NOTICE_SECONDS on
+    # local); 0: no notice.
+    "preemption_notice_seconds": "",
+    # A cost cap: scheduling.maxRunDuration of every VM of the job (0: none). Required (at most
+    # FLEX_START_MAX_RUN_HOURS) with provisioning flex-start.
+    "max_run_hours": 0.0,
+    "network": "default",
+    "subnetwork": "",
+    "external_ip": True,
 }
 
 # Invoke's layers, highest precedence first, with the words `invoke config` prints.
@@ -82,6 +96,21 @@ IMAGE_FAMILY_MAX_CHARS = 48
 IMAGE_FAMILY_RE = re.compile(rf"^[a-z]([-a-z0-9]{{0,{IMAGE_FAMILY_MAX_CHARS - 2}}}[a-z0-9])?$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9]$")
 _USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Network and subnetwork names follow GCE's resource-name rule (RFC 1035, at most 63 characters).
+_NETWORK_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Compute Engine offers one preemption-notice length for Spot VMs, 120 s (docs/gce-behaviour.md,
+# "Spot and GPU scheduling options"); localgce takes any length up to it, and uses a short one by
+# default so demos and tests do not wait two minutes per preemption.
+GCE_PREEMPTION_NOTICE_SECONDS = 120
+LOCAL_PREEMPTION_NOTICE_SECONDS = 3
+# maxRunDuration / terminationTime: at least 30 s, at most 120 days on GCE; flex-start VMs run
+# for at most 7 days. localgce also takes shorter durations (from 1 s), for fast tests.
+GCE_MIN_RUN_SECONDS = 30
+LOCAL_MIN_RUN_SECONDS = 1
+MAX_RUN_HOURS = 120 * 24
+FLEX_START_MAX_RUN_HOURS = 7 * 24
+# Flex-start VMs come in accelerator-optimized machine families (A2, A3, A4, G2; not A4X) and H4D.
+FLEX_START_MACHINE_RE = re.compile(r"^(a2|a3|a4|g2|h4d)-[a-z0-9-]+$")
 
 
 @dataclass(frozen=True)
@@ -107,7 +136,19 @@ class Settings:
     max_restarts: int
     # The supervisor restarts a RUNNING VM whose trainer heartbeat has not moved for this long.
     heartbeat_stale_seconds: int
+    # Spot only (0: none): instance/preempted is TRUE this long before the ACPI soft-off.
+    preemption_notice_seconds: int = 0
+    # scheduling.maxRunDuration of each VM (0: none); always set with flex-start.
+    max_run_hours: float = 0.0
+    network: str = "default"
+    subnetwork: str = ""  # empty: the network's subnetwork in the VM's region (auto mode)
+    external_ip: bool = True
     sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def max_run_seconds(self) -> int:
+        """max_run_hours in whole seconds (what scheduling.maxRunDuration carries)."""
+        return round(self.max_run_hours * 3600)
 
     @property
     def is_local(self) -> bool:
@@ -168,12 +209,25 @@ def check_env_vars(environ: Mapping[str, str]) -> None:
                 f"env var {var}: Invoke cannot read a list from the environment; set "
                 f"survival.{key} in invoke.yaml or a runtime file (invoke -f FILE)"
             )
-        if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(default, bool):
+            # Invoke reads any value but "" and "0" as true, so "false" would mean true.
+            if value not in ("0", "1"):
+                raise ConfigError(
+                    f"env var {var}={value[:40]!r}: use 1 (true) or 0 (false) for survival.{key}"
+                )
+        elif isinstance(default, int):
             try:
                 int(value)
             except ValueError:
                 raise ConfigError(
                     f"env var {var}={value[:40]!r}: survival.{key} must be a whole number"
+                ) from None
+        elif isinstance(default, float):
+            try:
+                float(value)
+            except ValueError:
+                raise ConfigError(
+                    f"env var {var}={value[:40]!r}: survival.{key} must be a number"
                 ) from None
 
 
@@ -209,6 +263,82 @@ def _as_int(key: str, value: Any, minimum: int) -> int:
     if number < minimum:
         raise ConfigError(f"survival.{key} must be >= {minimum}, got {number}")
     return number
+
+
+def _as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"survival.{key} must be true or false, got {value!r}")
+
+
+def _preemption_notice(raw: Any, backend: str, sources: dict[str, str]) -> tuple[int, dict]:
+    """(seconds, sources): empty means the backend's default; GCE offers 120 s only."""
+    if raw is None or str(raw).strip() == "":
+        default = (
+            GCE_PREEMPTION_NOTICE_SECONDS if backend == "gce" else (LOCAL_PREEMPTION_NOTICE_SECONDS)
+        )
+        return default, {**sources, "preemption_notice_seconds": f"derived (backend {backend})"}
+    seconds = _as_int("preemption_notice_seconds", raw, 0)
+    if backend == "gce" and seconds not in (0, GCE_PREEMPTION_NOTICE_SECONDS):
+        raise ConfigError(
+            f"survival.preemption_notice_seconds={seconds}: Compute Engine offers a "
+            f"{GCE_PREEMPTION_NOTICE_SECONDS} s preemption notice only; use "
+            f"{GCE_PREEMPTION_NOTICE_SECONDS}, or 0 for none"
+        )
+    if seconds > GCE_PREEMPTION_NOTICE_SECONDS:
+        raise ConfigError(
+            f"survival.preemption_notice_seconds={seconds}: use 0 (none) to "
+            f"{GCE_PREEMPTION_NOTICE_SECONDS}"
+        )
+    return seconds, sources
+
+
+def _max_run_hours(raw: Any, backend: str, provisioning: str, machine_type: str) -> float:
+    """max_run_hours checked against Compute Engine's rules for maxRunDuration."""
+    try:
+        hours = float(raw if raw not in (None, "") else 0)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"survival.max_run_hours must be a number of hours (0: no limit), got {raw!r}"
+        ) from None
+    if not hours == hours or hours < 0:  # NaN or negative
+        raise ConfigError(f"survival.max_run_hours must be 0 (no limit) or more, got {raw!r}")
+    seconds = round(hours * 3600)
+    if provisioning == "flex-start":
+        if not seconds:
+            raise ConfigError(
+                "provisioning flex-start needs a run duration: set --max-run-hours (at most "
+                f"{FLEX_START_MAX_RUN_HOURS}, flex-start VMs run for at most 7 days)"
+            )
+        if hours > FLEX_START_MAX_RUN_HOURS:
+            raise ConfigError(
+                f"survival.max_run_hours={hours:g}: flex-start VMs run for at most "
+                f"{FLEX_START_MAX_RUN_HOURS} hours (7 days)"
+            )
+        if backend == "gce" and not FLEX_START_MACHINE_RE.match(machine_type):
+            raise ConfigError(
+                f"provisioning flex-start with machine_type {machine_type}: flex-start VMs use "
+                "accelerator-optimized (a2-, a3-, a4-, g2-) or h4d- machine types"
+            )
+    if not seconds:
+        return 0.0
+    if provisioning == "preemptible":
+        raise ConfigError(
+            "survival.max_run_hours with provisioning preemptible: Compute Engine does not limit "
+            "the run time of legacy preemptible VMs (they stop after 24 h); use spot"
+        )
+    minimum = GCE_MIN_RUN_SECONDS if backend == "gce" else LOCAL_MIN_RUN_SECONDS
+    if seconds < minimum or hours > MAX_RUN_HOURS:
+        raise ConfigError(
+            f"survival.max_run_hours={hours:g}: use 0 (no limit), or {minimum} s "
+            f"({minimum / 3600:.4g} h) to {MAX_RUN_HOURS} h (120 days)"
+        )
+    return hours
 
 
 def _check(key: str, value: str, pattern: re.Pattern[str], example: str) -> str:
@@ -254,13 +384,12 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
     _check("job_bucket", job_bucket, _BUCKET_RE, "my-project-survival-jobs")
     state_dir = Path(str(raw["local_state_dir"] or ".localgce")).expanduser()
     trainer_repo = str(raw["trainer_repo"] or "")
-    if not trainer_repo:
-        trainer_repo = (
-            (state_dir / "git" / f"{TRAINER_REPO_NAME}.git").resolve().as_uri()
-            if backend == "local"
-            else f"https://source.developers.google.com/p/{project}/r/{TRAINER_REPO_NAME}"
+    if trainer_repo and not TRAINER_REPO_RE.match(trainer_repo):
+        raise ConfigError(
+            f"survival.trainer_repo={trainer_repo[:100]!r} is not valid: use an https:// git URL "
+            "(file:// on localgce), or leave it empty to ship the code as a git bundle in the "
+            "job bucket"
         )
-        sources = {**sources, "trainer_repo": f"derived (backend {backend})"}
     ssh_user = str(raw["ssh_user"] or "")
     if not ssh_user:
         ssh_user = _default_ssh_user()
@@ -269,13 +398,27 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
     scopes = _as_list("scopes", raw["scopes"])
     if not scopes:
         raise ConfigError("survival.scopes is empty: keep at least devstorage.read_write")
+    machine_type = _check(
+        "machine_type", str(raw["machine_type"]), _MACHINE_TYPE_RE, "n1-standard-4"
+    )
+    notice_seconds, sources = _preemption_notice(raw["preemption_notice_seconds"], backend, sources)
+    max_run_hours = _max_run_hours(raw["max_run_hours"], backend, provisioning, machine_type)
+    network = _check("network", str(raw["network"] or ""), _NETWORK_RE, "default")
+    subnetwork = str(raw["subnetwork"] or "")
+    if subnetwork:
+        _check("subnetwork", subnetwork, _NETWORK_RE, "my-subnet (a name in the zones' region)")
+        regions = sorted({zone.rsplit("-", 1)[0] for zone in zones})
+        if len(regions) > 1:
+            raise ConfigError(
+                f"survival.subnetwork={subnetwork!r} belongs to one region, but survival.zones "
+                f"span {', '.join(regions)}: keep the zones in one region, or leave subnetwork "
+                "empty"
+            )
     return Settings(
         backend=backend,
         project=project,
         zones=zones,
-        machine_type=_check(
-            "machine_type", str(raw["machine_type"]), _MACHINE_TYPE_RE, "n1-standard-4"
-        ),
+        machine_type=machine_type,
         gpu_type=gpu_type,
         gpu_count=gpu_count,
         provisioning=provisioning,
@@ -294,6 +437,11 @@ def _build(raw: dict[str, Any], sources: dict[str, str]) -> Settings:
         heartbeat_stale_seconds=_as_int(
             "heartbeat_stale_seconds", raw["heartbeat_stale_seconds"], 10
         ),
+        preemption_notice_seconds=notice_seconds,
+        max_run_hours=max_run_hours,
+        network=network,
+        subnetwork=subnetwork,
+        external_ip=_as_bool("external_ip", raw["external_ip"]),
         sources=sources,
     )
 
@@ -325,5 +473,7 @@ def describe(settings: Settings) -> list[tuple[str, str, str]]:
             continue
         value = getattr(settings, f.name)
         shown = ", ".join(value) if isinstance(value, tuple) else str(value)
+        if f.name == "trainer_repo" and not value:
+            shown = f"(none: git bundles in gs://{settings.job_bucket}/code/)"
         rows.append((f.name, shown, settings.sources.get(f.name, "derived")))
     return rows

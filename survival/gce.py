@@ -5,7 +5,9 @@ SDK is imported lazily (``invoke --list`` stays instant) and its clients are bui
 Mutating calls use the ``*_unary`` methods and wait on the returned Operation in `_wait`, through a
 Zone/GlobalOperationsClient built with the *same* client options: ``ExtendedOperation.result()``
 would poll compute.googleapis.com whatever the endpoint (docs/gce-behaviour.md, "Waiting on
-operations from Python"), and it hides the operation's error codes we classify on.
+operations from Python"), and it hides the operation's error codes we classify on. `_wait` calls
+the operations' ``wait`` method, which blocks server-side for up to about two minutes, so one
+operation costs one or two calls instead of a ``get`` every half second.
 """
 
 from __future__ import annotations
@@ -20,16 +22,24 @@ from survival.compute import InstanceInfo
 from survival.errors import (
     ConfigError,
     ImageError,
+    QuotaError,
+    RateLimited,
     SurvivalError,
     TransientError,
+    classify_http_error,
     classify_operation_error,
     transport_errors,
 )
 from survival.images import ImageInfo, image_info, newest_first
-from survival.sdk import api_exceptions, compute_v1, make_client, wait_until_done
+from survival.sdk import api_exceptions, compute_v1, make_client
 
-OPERATION_POLL_SECONDS = 0.5
+# A wait that comes back early (the server may answer before its ~2 minute deadline) and not
+# DONE is repeated after this pause, so a server that always answers at once is not hammered.
+OPERATION_POLL_SECONDS = 1.0
 OPERATION_TIMEOUT_SECONDS = 900.0
+# A rate-limited wait is retried after this pause, doubling up to the maximum.
+WAIT_RATE_LIMIT_BACKOFF_SECONDS = 2.0
+WAIT_RATE_LIMIT_BACKOFF_MAX_SECONDS = 60.0
 METADATA_FINGERPRINT_RETRIES = 5
 
 
@@ -49,6 +59,10 @@ Translate = Callable[[str, Any, Any], SurvivalError | None]
 
 
 def _instance_error(where: str, err: Any, exc: Any) -> SurvivalError | None:
+    known = classify_http_error(where, err)
+    if known is not None:
+        # Rate limits and quotas come as 403, a start while STOPPING as 400: not config errors.
+        return known
     if isinstance(err, exc.Conflict):
         return ConfigError(
             f"{err.message}: pick another --name or remove it with `invoke down NAME`"
@@ -73,6 +87,14 @@ def _image_error(where: str, err: Any, exc: Any) -> SurvivalError | None:
 
 
 IMAGE_STATES = ("ACTIVE", "DEPRECATED", "OBSOLETE", "DELETED")
+
+
+def _quotas(raw: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    return {
+        str(q["metric"]): (float(q.get("limit", 0)), float(q.get("usage", 0)))
+        for q in raw.get("quotas") or []
+        if q.get("metric")
+    }
 
 
 def instance_info(raw: dict[str, Any]) -> InstanceInfo:
@@ -111,6 +133,7 @@ class GoogleCompute:
         poll_seconds: float = OPERATION_POLL_SECONDS,
         timeout_seconds: float = OPERATION_TIMEOUT_SECONDS,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.project = project
         self._client_kwargs = dict(client_kwargs or {})
@@ -118,6 +141,7 @@ class GoogleCompute:
         self._poll_seconds = poll_seconds
         self._timeout_seconds = timeout_seconds
         self._sleep = sleep
+        self._clock = clock
         self._clients: dict[str, Any] = {}
 
     def _client(self, kind: str) -> Any:
@@ -143,11 +167,14 @@ class GoogleCompute:
                 exc.GatewayTimeout, exc.DeadlineExceeded) as err:  # fmt: skip
             raise TransientError(f"{where}: {err.message}") from err
         except exc.GoogleAPICallError as err:
-            if isinstance(err, exc.ServerError):  # any other 5xx: transient too
+            if isinstance(err, exc.ServerError) and not isinstance(err, exc.MethodNotImplemented):
+                # any other 5xx but 501 (a method the server does not have): transient too
                 raise TransientError(f"{where}: {err.message}") from err
             mapped = translate(where, err, exc)
             if mapped is None:
                 raise
+            if isinstance(mapped, QuotaError):
+                mapped = self.quota_with_numbers(mapped)
             raise mapped from err
         except transport_errors() as err:
             # Refused/reset connections, DNS failures, timeouts: the API did not answer at all.
@@ -156,38 +183,103 @@ class GoogleCompute:
             ) from err
 
     def _wait(self, operation: Any, zone: str | None) -> None:
-        """Wait for DONE through an operations client with our endpoint; raise on errors."""
+        """Wait for DONE with zoneOperations.wait / globalOperations.wait (server-side, up to
+        about 2 minutes a call; repeated until DONE) through an operations client on our
+        endpoint; then raise the operation's errors."""
+        where = zone or "global"
         if zone:
             client = self._client("ZoneOperationsClient")
-
-            def refresh(name: str) -> Any:
-                return self._call(client.get, zone, project=self.project, zone=zone, operation=name)
+            scope: dict[str, Any] = {"project": self.project, "zone": zone}
         else:
             client = self._client("GlobalOperationsClient")
-
-            def refresh(name: str) -> Any:
-                return self._call(client.get, "global", project=self.project, operation=name)
-
-        finished = wait_until_done(
-            operation,
-            refresh,
-            poll_seconds=self._poll_seconds,
-            timeout_seconds=self._timeout_seconds,
-            sleep=self._sleep,
-        )
-        if finished is None:
-            raise TransientError(
-                f"operation {operation.name} is not DONE after {self._timeout_seconds:g} s; "
-                "check it with `gcloud compute operations describe`"
-            )
-        operation = finished
+            scope = {"project": self.project}
+        done = compute_v1().Operation.Status.DONE
+        deadline = self._clock() + self._timeout_seconds
+        backoff = WAIT_RATE_LIMIT_BACKOFF_SECONDS
+        while operation.status != done:
+            if self._clock() > deadline:
+                raise TransientError(
+                    f"operation {operation.name} is not DONE after {self._timeout_seconds:g} s; "
+                    "check it with `gcloud compute operations describe`"
+                )
+            asked = self._clock()
+            try:
+                operation = self._call(client.wait, where, operation=operation.name, **scope)
+            except RateLimited:
+                # The operation goes on whatever happens to our wait: ask again later.
+                self._sleep(backoff)
+                backoff = min(backoff * 2, WAIT_RATE_LIMIT_BACKOFF_MAX_SECONDS)
+                continue
+            if operation.status != done and self._clock() - asked < self._poll_seconds:
+                self._sleep(self._poll_seconds)
         errors = list(operation.error.errors) if operation.error else []
         if errors:
             codes = [e.code for e in errors]
             message = "; ".join(e.message for e in errors if e.message)
-            raise classify_operation_error(
-                zone or "global", codes, operation.http_error_status_code, message
+            quota_info = None
+            for entry in errors:
+                for detail in _to_raw(entry).get("errorDetails") or []:
+                    quota_info = quota_info or detail.get("quotaInfo")
+            err = classify_operation_error(
+                where, codes, operation.http_error_status_code, message, quota_info=quota_info
             )
+            if isinstance(err, QuotaError):
+                err = self.quota_with_numbers(err)
+            raise err
+
+    # --- quotas, accelerators, networks (read by placement errors and `invoke doctor`) -------
+    def region_quotas(self, region: str) -> dict[str, tuple[float, float]]:
+        """metric → (limit, usage) of a region (regions.get)."""
+        client = self._client("RegionsClient")
+        raw = _to_raw(self._call(client.get, region, project=self.project, region=region))
+        return _quotas(raw)
+
+    def project_quotas(self) -> dict[str, tuple[float, float]]:
+        """metric → (limit, usage) of the project's global quotas (projects.get)."""
+        client = self._client("ProjectsClient")
+        return _quotas(_to_raw(self._call(client.get, "global", project=self.project)))
+
+    def quota_with_numbers(self, err: QuotaError) -> QuotaError:
+        """``err`` with the quota's limit and usage as regions.get / projects.get report them
+        (unchanged when they cannot be read)."""
+        try:
+            quotas = self.region_quotas(err.region) if err.region else self.project_quotas()
+        except Exception:  # the numbers are a courtesy: never hide the quota error itself
+            return err
+        if err.metric not in quotas:
+            return err
+        limit, usage = quotas[err.metric]
+        return err.with_numbers(limit, usage)
+
+    def accelerator_types(self, zone: str) -> list[str]:
+        """Names of the accelerator types a zone offers (acceleratorTypes.list)."""
+        client = self._client("AcceleratorTypesClient")
+        found = self._call(client.list, zone, project=self.project, zone=zone)
+        return sorted(accelerator.name for accelerator in found)
+
+    def default_service_account(self) -> str:
+        """The project's default service account email (projects.get)."""
+        client = self._client("ProjectsClient")
+        return str(self._call(client.get, "global", project=self.project).default_service_account)
+
+    def get_network(self, name: str) -> dict[str, Any] | None:
+        """The VPC network (networks.get), or None when it does not exist."""
+        client = self._client("NetworksClient")
+        try:
+            return _to_raw(self._call(client.get, "global", project=self.project, network=name))
+        except api_exceptions().NotFound:
+            return None
+
+    def get_subnetwork(self, region: str, name: str) -> dict[str, Any] | None:
+        """The subnetwork (subnetworks.get), or None when it does not exist."""
+        client = self._client("SubnetworksClient")
+        try:
+            raw = self._call(
+                client.get, region, project=self.project, region=region, subnetwork=name
+            )
+        except api_exceptions().NotFound:
+            return None
+        return _to_raw(raw)
 
     # --- instances -------------------------------------------------------------------------
     def insert_instance(self, zone: str, body: dict[str, Any]) -> None:
@@ -205,6 +297,18 @@ class GoogleCompute:
         except api_exceptions().NotFound:
             return None
         return instance_info(_to_raw(inst))
+
+    def system_events(self, zone: str, instance_id: str) -> list[tuple[str, str]]:
+        # One call, only when a VM is found stopped: operations are not kept for ever, so an
+        # old stop may have none (docs/gce-behaviour.md, "Why a VM stopped: system events").
+        client = self._client("ZoneOperationsClient")
+        request = compute_v1().ListZoneOperationsRequest(
+            project=self.project, zone=zone, filter=f'targetId = "{instance_id}"',
+            order_by="creationTimestamp desc",
+        )  # fmt: skip
+        pages = self._call(client.list, zone, request=request)
+        events = [(op.operation_type, op.insert_time) for op in pages if op.user == "system"]
+        return sorted(events, key=lambda event: event[1], reverse=True)
 
     def list_instances(
         self, zones: tuple[str, ...], label: str | None = None
@@ -262,12 +366,16 @@ class GoogleCompute:
 
     def serial_output(self, zone: str, name: str, start: int = 0) -> tuple[str, int]:
         client = self._client("InstancesClient")
-        out = self._call(
-            client.get_serial_port_output,
-            zone,
-            request={"project": self.project, "zone": zone, "instance": name, "port": 1,
-                     "start": start},
-        )  # fmt: skip
+        try:
+            out = self._call(
+                client.get_serial_port_output,
+                zone,
+                request={"project": self.project, "zone": zone, "instance": name, "port": 1,
+                         "start": start},
+            )  # fmt: skip
+        except api_exceptions().NotFound:
+            # Gone (deleted at a preemption or at the end of its run duration): no more output.
+            return "", start
         return out.contents, int(out.next_)
 
     # --- images -----------------------------------------------------------------------------

@@ -7,7 +7,10 @@ Besides the job and machine, a record holds the state of the job's current run:
 - ``run_id``, ``launched_unix``: the run (one launch, or one `invoke watch` after a `down`);
 - ``down``: set by `invoke down` (``{"at_unix": ...}``); a supervisor that sees it stops;
 - ``serial``: ``{"instance": creationTimestamp, "next": offset}``, how much of the instance's
-  serial console was shown, so a resumed supervisor shows only what is new.
+  serial console was shown, so a resumed supervisor shows only what is new;
+- ``engine``: ``vms`` (a supervised VM, the default; records written before engines existed
+  have none and mean vms) or ``batch`` (a Cloud Batch job: ``batch_jobs`` lists its Batch job
+  resource names, newest last, and there is no supervisor).
 
 Every change is a read-modify-write under a short flock (``.NAME.record-lock``), so `invoke down`
 and a supervisor saving its serial offset never lose each other's field. ``NAME.lock`` is the
@@ -29,6 +32,14 @@ from typing import Any
 
 from survival.errors import ConfigError, SupervisedElsewhere
 from survival.instance_spec import JobSpec, MachineSpec
+
+ENGINE_VMS = "vms"
+ENGINE_BATCH = "batch"
+
+
+def engine_of(record: dict[str, Any]) -> str:
+    """The record's engine: vms (also for records older than engines) or batch."""
+    return str(record.get("engine") or ENGINE_VMS)
 
 
 def _dir(state_dir: Path) -> Path:
@@ -68,6 +79,8 @@ def save(
     job: JobSpec,
     machine: MachineSpec,
     extra_metadata: dict[str, str],
+    *,
+    engine: str = ENGINE_VMS,
     **run: Any,
 ) -> None:
     """A fresh record for a new run of ``job`` (``run``: run_id, launched_unix, ...)."""
@@ -75,6 +88,7 @@ def save(
         "job": dataclasses.asdict(job),
         "machine": _machine_dict(machine),
         "extra_metadata": extra_metadata,
+        "engine": engine,
         **run,
     }
     with _record_lock(state_dir, job.name):

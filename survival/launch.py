@@ -24,7 +24,7 @@ from typing import Any
 
 from survival import jobstore
 from survival.backend import Cloud
-from survival.codepush import CSR_HOST, push_code, require_branch
+from survival.codepush import CSR_HOST, BundleStore, bundle_url, push_code, require_branch
 from survival.errors import ConfigError
 from survival.instance_spec import JobSpec, MachineSpec, build_instance
 from survival.placement import place
@@ -189,16 +189,21 @@ def launch(
         fallback = spec_of(jobstore.load(settings.local_state_dir, name)[0])
     check_spec(name, job_dir, wanted, fallback)
     check_no_instance(cloud, name)
+    # No trainer_repo: the code travels as a bundle in the job bucket (survival/codepush.py).
+    bundles = None if settings.trainer_repo else BundleStore(cloud.storage, settings.job_bucket)
     if req.push:
-        pushed = push_code(worktree, settings.trainer_repo, req.branch, include=req.include)
+        pushed = push_code(
+            worktree, settings.trainer_repo, req.branch, include=req.include, bundles=bundles
+        )
         commit = pushed.commit
-        out(f"push-code: {req.branch} -> {commit} ({settings.trainer_repo})")
+        out(f"push-code: {req.branch} -> {commit} ({pushed.remote})")
     else:
-        commit = require_branch(worktree, settings.trainer_repo, req.branch)
+        commit = require_branch(worktree, settings.trainer_repo, req.branch, bundles)
     image = cloud.compute.image_from_family(settings.image_family)
     job = JobSpec(
         name=name,
         repo_url=settings.trainer_repo,
+        bundle_url="" if settings.trainer_repo else bundle_url(settings.job_bucket, commit),
         branch=req.branch,
         commit=commit,
         module=module,
@@ -219,6 +224,11 @@ def launch(
         disk_size_gb=settings.disk_size_gb,
         service_account=settings.service_account,
         scopes=scopes_for(settings.trainer_repo, settings.scopes),
+        preemption_notice_seconds=settings.preemption_notice_seconds,
+        max_run_seconds=settings.max_run_seconds,
+        network=settings.network,
+        subnetwork=settings.subnetwork,
+        external_ip=settings.external_ip,
     )
     claim_spec(name, job_dir, spec_of(job))
     run_id = new_run_id(now)

@@ -21,8 +21,9 @@ def _model(provisioning: str) -> str:
 def cost_line(machine: MachineSpec, seconds: float) -> str:
     r = rate(machine.machine_type, machine.gpu_type, machine.gpu_count, machine.provisioning)
     if not r.known:
-        return (f"cost: no price for {machine.machine_type}/{machine.gpu_type} in "
-                "survival/data/prices.json (add it to get an estimate)")  # fmt: skip
+        return (f"cost: no {machine.provisioning} price for {machine.machine_type}/"
+                f"{machine.gpu_type} in survival/data/prices.json (add it to get an "
+                "estimate)")  # fmt: skip
     paid, on_demand = r.cost(seconds), r.on_demand_cost(seconds)
     saving = f", {100 * (1 - paid / on_demand):.0f}% less" if on_demand > 0 else ""
     return (
@@ -107,14 +108,19 @@ COLUMNS = ("name", "zone", "status", "model", "step", "attempts", "stops", "lost
            "last ckpt", "cost (est.)")  # fmt: skip
 
 
-def print_table(rows: list[list[str]], print_fn: Callable[[Any], None] | None = None) -> None:
+def print_table(
+    rows: list[list[str]],
+    print_fn: Callable[[Any], None] | None = None,
+    columns: tuple[str, ...] = COLUMNS,
+    title: str = "survival jobs",
+) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="survival jobs (cost: ESTIMATE from survival/data/prices.json)")
-    for column in COLUMNS:
+    table = Table(title=f"{title} (cost: ESTIMATE from survival/data/prices.json)")
+    for column in columns:
         # Names and zones are what a user types next: never cut them short.
-        table.add_column(column, no_wrap=column in ("name", "zone"))
+        table.add_column(column, no_wrap=column in ("name", "zone", "point"))
     for row in rows:
         table.add_row(*row)
     (print_fn or Console(width=140).print)(table)

@@ -37,6 +37,7 @@ NAME_SUFFIX_LENGTH = 4
 # branch in the same second apart. Only uniqueness matters, not unpredictability.
 _NAME_RNG = random.Random()  # noqa: S311
 _WHOLE_RE = re.compile(r"^-?[0-9]{1,12}$")
+_HOURS_RE = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,9})?$")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +62,8 @@ class TrainRequest:
     keep_alive: bool
     # Files push-code would leave out as secrets, taken in on purpose (--include).
     include: tuple[str, ...] = ()
+    # --max-run-hours: each VM's run-time cap (0: none); None: survival.max_run_hours.
+    max_run_hours: float | None = None
 
     def __post_init__(self) -> None:
         # `--branch refs/heads/x` means branch x: push-code, the job record and the VM must all
@@ -75,6 +78,7 @@ class TrainRequest:
         checkpoint_steps: Any = None,
         seed: Any = None,
         chaos: Any = None,
+        max_run_hours: Any = None,
         **flags: Any,
     ) -> TrainRequest:
         """A request from the task's flags: the numeric ones arrive as text (or None: not given)
@@ -86,8 +90,19 @@ class TrainRequest:
             ),
             seed=whole_number("--seed", seed, 0),
             chaos=whole_number("--chaos", chaos, 0),
+            max_run_hours=hours("--max-run-hours", max_run_hours),
             **flags,
         )
+
+
+def hours(flag: str, value: Any) -> float | None:
+    """``value`` (text from the command line, a number, or None: not given) as hours, >= 0."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not _HOURS_RE.match(text):
+        raise ConfigError(f"{flag} {str(value)[:40]!r}: use a number of hours, e.g. 6 or 0.5")
+    return float(text)
 
 
 def whole_number(flag: str, value: Any, default: int) -> int:

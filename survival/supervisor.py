@@ -7,10 +7,18 @@ or report the reason; instance TERMINATED without DONE → start it again, with 
 between restarts; RUNNING but the trainer's LEASE heartbeat has not moved for
 ``heartbeat_stale_seconds`` → the trainer is hung: stop the VM (the next poll starts it again, and
 it resumes from the last checkpoint); a capacity error on start → recreate the instance in the
-other zones of ``survival.zones`` (survival.placement). A transient error (a 5xx, 429, or no
-connection at all, from Compute or the job dir's storage), or no zone with capacity → retry after
-a jittered backoff, with one line per outage. ``--chaos`` preemptions are fired from the same
-loop. Clock, sleep and the jitter's random source are injected.
+other zones of ``survival.zones`` (survival.placement); UNSUPPORTED_OPERATION on start (the Spot
+VM was preempted while starting) → start it again in the same zone a few times, then move zones;
+a regional quota used up → a zone in another configured region, else stop with the quota named.
+A transient error (a 5xx, 429, a rate-limit 403, RESOURCE_NOT_READY, or no connection at all,
+from Compute or the job dir's storage), or no zone with capacity → retry after a jittered
+backoff, with one line per outage; a restart whose start failed that way stays one restart.
+``--chaos`` preemptions are fired from the same loop. Clock, sleep and the jitter's random source
+are injected.
+
+Steady state (RUNNING, nothing to do) costs two Compute calls per poll: ``instances.get`` and
+``getSerialPortOutput`` from the last offset; with the GCE poll interval of survival.cli that is
+a few calls a minute per job (docs/gce-behaviour.md, "The supervisor's API rate").
 
 Restarts are recorded in the job dir (survival.progress.record_event) and counted from there.
 """
@@ -21,19 +29,29 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from survival.chaos import Chaos
 from survival.compute import Compute, InstanceInfo
-from survival.errors import CapacityError, JobFailed, SurvivalError, TransientError, as_transient
-from survival.placement import place, zones_from
+from survival.errors import (
+    CapacityError,
+    JobFailed,
+    PreemptedWhileCreating,
+    QuotaError,
+    SurvivalError,
+    TransientError,
+    as_transient,
+    region_of,
+)
+from survival.placement import SAME_ZONE_ATTEMPTS, SAME_ZONE_PAUSE_SECONDS, place, zones_from
 from survival.progress import (
     EVENT_RESTART,
     Progress,
     read_progress,
     record_event,
 )
-from trainer.jobdir import EVENT_HUNG_RESTART
+from trainer.jobdir import EVENT_GUEST_SHUTDOWN, EVENT_HUNG_RESTART
 
 POLL_SECONDS = 1.0
 BACKOFF_INITIAL_SECONDS = 2.0
@@ -44,7 +62,11 @@ DONE_GRACE_SECONDS = 120.0
 # Keep it at or above the trainer's LEASE stale limit (300 s): the restarted trainer can take
 # the hung one's LEASE over only once it is stale.
 HEARTBEAT_STALE_SECONDS = 300.0
+# The system event GCE records when the guest OS powered the VM off (zoneOperations.list).
+GUEST_TERMINATE = "compute.instances.guestTerminate"
 RUNNING_STATES = frozenset({"PROVISIONING", "STAGING", "RUNNING"})
+# Provisioning models whose VMs cannot be stopped, only deleted (flex-start: no stop or suspend).
+DELETE_ONLY_MODELS = frozenset({"FLEX_START"})
 STOPPED_STATES = frozenset({"TERMINATED", "STOPPED", "SUSPENDED"})
 
 
@@ -55,6 +77,9 @@ class Timing:
     backoff_max_seconds: float = BACKOFF_MAX_SECONDS
     done_grace_seconds: float = DONE_GRACE_SECONDS
     heartbeat_stale_seconds: float = HEARTBEAT_STALE_SECONDS
+    # UNSUPPORTED_OPERATION in one zone: tries there (create or start) before moving on.
+    same_zone_attempts: int = SAME_ZONE_ATTEMPTS
+    same_zone_pause_seconds: float = SAME_ZONE_PAUSE_SECONDS
 
 
 @dataclass
@@ -129,6 +154,9 @@ class Supervisor:
         self._beat: Any = None
         self._beat_since: float | None = None
         self._beat_boot: str | None = None
+        # A restart whose start failed transiently is retried as the same restart.
+        self._restart_pending = False
+        self._preempted_starts = 0
 
     # --- pieces of one poll ----------------------------------------------------------------
     def _say(self, line: str) -> None:
@@ -178,7 +206,17 @@ class Supervisor:
     def _create_somewhere(self, zones: tuple[str, ...]) -> None:
         """Create the instance in the first of ``zones`` with capacity (NoCapacityError, a
         TransientError, when none has any: the loop backs off and tries again)."""
-        zone = place(self.compute, zones, self.make_body, self._say)
+        zone = place(
+            self.compute,
+            zones,
+            self.make_body,
+            self._say,
+            same_zone_attempts=self.timing.same_zone_attempts,
+            same_zone_pause_seconds=self.timing.same_zone_pause_seconds,
+            # The loop retries transient errors itself, with its backoff and one line an outage.
+            transient_attempts=1,
+            sleep=self.sleep,
+        )
         if zone != self.zone:
             self.zone_moves += 1
         # A new instance has a new serial console: show it from its start.
@@ -186,28 +224,64 @@ class Supervisor:
         self.on_serial(None, 0)
         self.zone = zone
         self._reset_heartbeat()
+        self._restart_pending = False
         self._say(f"created {self.name} in {zone}")
 
-    def _restart(self) -> None:
+    def _begin_restart(self, why: str) -> None:
         if self.restarts >= self.max_restarts:
             raise JobFailed(
-                f"{self.name}: gave up after {self.restarts} restarts (survival.max_restarts); "
-                f"resume with `invoke watch {self.name}`"
+                f"{self.name}: gave up after {self.restarts} restarts "
+                f"(survival.max_restarts); resume with `invoke watch {self.name}`"
             )
         self.restarts += 1
-        self._say(f"{self.name} is TERMINATED without DONE; restart {self.restarts}")
+        self._say(f"{why}; restart {self.restarts}")
         # Counted as it begins, like the line above: a start that fails with a capacity error
-        # turns into a create elsewhere, which is still this restart.
+        # turns into a create elsewhere, and one that fails transiently (rate limit,
+        # RESOURCE_NOT_READY, an outage) is tried again: both are still this restart.
         self._record(EVENT_RESTART)
+        self._restart_pending = True
+        self._preempted_starts = 0
+
+    def _restart(self) -> None:
+        if not self._restart_pending:
+            self._begin_restart(f"{self.name} is TERMINATED without DONE")
         self._reset_heartbeat()
         try:
             self.compute.start_instance(self.zone, self.name)
+        except PreemptedWhileCreating as err:
+            self._preempted_starts += 1
+            if self._preempted_starts < self.timing.same_zone_attempts:
+                self._say(
+                    f"{self.zone}: {err.code} (the Spot VM was preempted while starting); "
+                    f"starting it again ({self._preempted_starts + 1}/"
+                    f"{self.timing.same_zone_attempts})"
+                )
+                return
+            self._say(f"{self.zone}: {err.code} {self._preempted_starts} times; moving zones")
+            self._move_zones(self._others_first())
         except CapacityError as err:
             self._say(f"{self.zone} is out of capacity ({err.code}); moving zones")
-            self.compute.delete_instance(self.zone, self.name)
-            # The other zones first; the full one last, in case capacity came back meanwhile.
-            order = zones_from(self.zone, self.zones)
-            self._create_somewhere(order[1:] + order[:1])
+            self._move_zones(self._others_first())
+        except QuotaError as err:
+            # Another zone of this region never helps; a zone of another region may.
+            if err.region is None:
+                raise
+            elsewhere = tuple(z for z in self.zones if region_of(z) != err.region)
+            if not elsewhere:
+                raise
+            self._say(f"{err.metric} quota of {err.region} is used up; trying {elsewhere[0]}")
+            self._move_zones(elsewhere)
+        self._restart_pending = False
+
+    def _others_first(self) -> tuple[str, ...]:
+        """The other zones first; this one last, in case capacity came back meanwhile."""
+        order = zones_from(self.zone, self.zones)
+        return order[1:] + order[:1]
+
+    def _move_zones(self, order: tuple[str, ...]) -> None:
+        """Delete the instance here and create it in the first of ``order`` that can host it."""
+        self.compute.delete_instance(self.zone, self.name)
+        self._create_somewhere(order)
 
     def _maybe_chaos(self, progress: Progress, status: str) -> None:
         if status != "RUNNING" or progress.done or not self.chaos.due(progress.lease):
@@ -242,7 +316,41 @@ class Supervisor:
         attempt = (progress.lease or {}).get("attempt")
         self._record(EVENT_HUNG_RESTART, attempt=attempt, step=step, checkpoint_step=saved)
         self._reset_heartbeat()
-        self.compute.stop_instance(self.zone, self.name)
+        self._power_off(info)
+
+    def _note_guest_shutdown(self, info: InstanceInfo, progress: Progress) -> None:
+        """A VM the guest OS powered off (someone ran `poweroff` in it) is not a preemption:
+        the trainer only saw a SIGTERM. GCE lists the power-off as a system event; note it in
+        the job dir, naming the attempt, so the stop causes say "guest-shutdown"."""
+        instance_id = str(info.raw.get("id") or "")
+        if not instance_id:
+            return
+        since = _parse_time(info.last_start_timestamp)
+        events = self.compute.system_events(self.zone, instance_id)
+        newest = next(
+            (
+                kind
+                for kind, when in events
+                if since is None or (_parse_time(when) or since) >= since
+            ),
+            None,
+        )
+        if newest != GUEST_TERMINATE:
+            return
+        lease = progress.lease or {}
+        attempt = lease.get("attempt") or (
+            progress.attempts[-1].get("attempt") if progress.attempts else None
+        )
+        self._say(f"{self.name} was powered off from inside the guest (attempt {attempt})")
+        self._record(EVENT_GUEST_SHUTDOWN, attempt=attempt, step=progress.step)
+
+    def _power_off(self, info: InstanceInfo) -> None:
+        """Stop the VM; one that cannot be stopped (flex-start) is deleted. Either way the next
+        poll brings the job back (a start, or a create), from its last checkpoint."""
+        if info.provisioning_model in DELETE_ONLY_MODELS:
+            self.compute.delete_instance(self.zone, self.name)
+        else:
+            self.compute.stop_instance(self.zone, self.name)
 
     def _ensure_stopped(self, what: str) -> None:
         """After DONE/FAILED the guest powers itself off. Give it done_grace_seconds; then stop
@@ -268,7 +376,7 @@ class Supervisor:
                 f"{self.name} is still {status} {self.timing.done_grace_seconds:.0f}s after "
                 f"{what}; stopping it"
             )
-            self.compute.stop_instance(self.zone, self.name)
+            self._power_off(info)
         except TransientError as err:
             self._say(f"could not make sure {self.name} stopped ({err}): see `invoke status`")
 
@@ -342,7 +450,10 @@ class Supervisor:
             # before creating one, so a supervisor never brings back what was taken down.
             if self.taken_down() is not None:
                 return
-            self._say(f"{self.name} does not exist in {self.zone}; creating it")
+            # Deleted at the end of its run duration (flex-start, DELETE) or by hand: bringing
+            # it back is a restart, counted and bounded like a start.
+            if not self._restart_pending:
+                self._begin_restart(f"{self.name} does not exist in {self.zone}; creating it")
             self._create_somewhere(zones_from(self.zone, self.zones))
             return
         if info.creation_timestamp and info.creation_timestamp != self._serial_instance:
@@ -355,12 +466,24 @@ class Supervisor:
             # DONE is written before the trainer powers off: read it again before restarting.
             if self._progress().done:
                 return
+            if not self._restart_pending:
+                self._note_guest_shutdown(info, progress)
             self._restart()
             self._backoff()
             return
         if info.status == "RUNNING":
+            # Up again (a start whose reply was lost may have worked): the restart is over.
+            self._restart_pending = False
             self._backoff_seconds = self.timing.backoff_initial_seconds
             self._check_heartbeat(progress, info)
         else:
             self._reset_heartbeat()
         self._maybe_chaos(progress, info.status)
+
+
+def _parse_time(text: str) -> datetime | None:
+    """An RFC 3339 timestamp of the API (any offset: GCE answers in US Pacific time)."""
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None

@@ -78,6 +78,19 @@ def survival_config(c):
     cli.show_config(c)
 
 
+@task(
+    help={
+        "backend": _BACKEND_HELP,
+        "engine": "batch: also check the Cloud Batch API (for --engine batch); default vms",
+    }
+)
+def doctor(c, backend=None, engine="vms"):
+    """Preflight: credentials, APIs, GPU quotas and zones, image, bucket, network; ✓/✗ + fixes."""
+    from survival import cli
+
+    cli.doctor(c, backend, engine)
+
+
 _INCLUDE_HELP = (
     "FILE to push although it looks like a secret (.env*, *.pem, *.key, id_rsa*, "
     "*credentials*.json, *.p12 are left out otherwise); repeatable"
@@ -87,12 +100,12 @@ _INCLUDE_HELP = (
 @task(
     iterable=["include"],
     help={
-        "branch": "trainer-repo branch to push the snapshot to (required), e.g. exp1",
+        "branch": "branch the snapshot is pushed as (required), e.g. exp1",
         "include": _INCLUDE_HELP,
     },
 )
 def push_code(c, branch, include=None):
-    """Snapshot the working tree (uncommitted changes too) as a commit on BRANCH of the repo."""
+    """Snapshot the working tree (uncommitted changes too) and push it: a bundle in the bucket."""
     from survival import cli
 
     cli.push_code(c, branch, tuple(include or ()))
@@ -101,7 +114,7 @@ def push_code(c, branch, include=None):
 @task(
     iterable=["hparam", "include"],
     help={
-        "branch": "trainer-repo branch to push and train (required), e.g. exp1",
+        "branch": "branch to push and train (required), e.g. exp1",
         "example": "trainer to run: keras_digits (default) or sklearn_digits",
         "train_steps": f"total training steps (default {DEFAULT_TRAIN_STEPS})",
         "checkpoint_steps": "periodic checkpoint every K steps; 0: only notice and final ones "
@@ -113,12 +126,18 @@ def push_code(c, branch, include=None):
         "zone": "zone to try first (default: survival.zones in order)",
         "gpu": "GPUs as TYPE:COUNT, e.g. nvidia-tesla-t4:1, or none (default: survival.gpu_*)",
         "machine_type": "machine type (default: survival.machine_type)",
-        "provisioning": "spot | preemptible | standard (default: survival.provisioning)",
+        "provisioning": "spot | preemptible | standard | flex-start (default: "
+        "survival.provisioning); flex-start needs --max-run-hours",
+        "max_run_hours": "stop each VM after H hours of running, a cost cap (flex-start: delete "
+        "it; at most 168); 0: no limit (default: survival.max_run_hours)",
         "follow": "supervise until DONE: stream logs, restart after preemptions (default on)",
-        "chaos": "preempt the instance N times at random steps, to rehearse (default 0)",
+        "chaos": "preempt the instance N times at random steps, to rehearse (default 0); "
+        "with --engine batch the command returns after the N preemptions",
         "push": "push the working tree first (default on); --no-push trains the pushed branch",
         "keep_alive": "leave the VM running after the job ends (default off)",
         "include": _INCLUDE_HELP,
+        "engine": "vms (default): a Spot VM this command supervises; batch: one Cloud Batch "
+        "job, which Batch retries after preemptions, so the command returns once it is queued",
     },
 )
 def train(
@@ -136,11 +155,13 @@ def train(
     gpu=None,
     machine_type=None,
     provisioning=None,
+    max_run_hours=None,
     follow=True,
     chaos=None,
     push=True,
     keep_alive=False,
     include=None,
+    engine="vms",
 ):
     """Push the code, launch a Spot VM that trains BRANCH, and bring it back until DONE."""
     try:
@@ -148,6 +169,7 @@ def train(
             branch=branch, example=example, train_steps=train_steps,
             checkpoint_steps=checkpoint_steps, seed=seed, hparams=tuple(hparam or ()), name=name,
             zone=zone, gpu=gpu, machine_type=machine_type, provisioning=provisioning,
+            max_run_hours=max_run_hours,
             follow=follow, chaos=chaos, push=push, keep_alive=keep_alive,
             include=tuple(include or ()),
         )  # fmt: skip
@@ -155,12 +177,46 @@ def train(
         raise Exit(f"error: {err}", code=1) from None
     from survival import cli
 
-    cli.train(c, request)
+    cli.train(c, request, engine)
+
+
+@task(
+    name="resume",
+    help={
+        "name": "the sweep (see `invoke status`)",
+        "parallelism": "at most P points train at once (default: all that are left)",
+    },
+)
+def sweep_resume(c, name, parallelism=None):
+    """Submit a new Batch job for the sweep's points that are not DONE."""
+    from survival.request import whole_number
+
+    try:
+        width = None if parallelism is None else whole_number("--parallelism", parallelism, 1)
+    except ConfigError as err:
+        raise Exit(f"error: {err}", code=1) from None
+    from survival import sweep_cli
+
+    sweep_cli.resume(c, name, width)
+
+
+@task(
+    name="report",
+    help={
+        "name": "the sweep (see `invoke status`)",
+        "output": "directory for report.csv and report.png (default NAME-report)",
+    },
+)
+def sweep_report(c, name, output=None):
+    """Table of the sweep's points, best first by the example's metric; report.csv and a PNG."""
+    from survival import sweep_cli
+
+    sweep_cli.report(c, name, output)
 
 
 @task(help={"name": "job name (see `invoke status`)"})
 def watch(c, name):
-    """Supervise a job started with --no-follow: restart it after preemptions until DONE."""
+    """Supervise a job started with --no-follow until DONE; follow a Batch job's progress."""
     from survival import cli
 
     cli.watch(c, name)
@@ -181,12 +237,87 @@ def ssh_logs(c, name, follow=False):
     cli.ssh_logs(c, name, follow)
 
 
-@task
-def status(c):
-    """Table of jobs: zone, status, model, step, attempts, stop causes, lost steps, cost."""
+# Invoke has no optional positionals (a positional argument is required), so NAME is a flag:
+# `invoke status --name NAME` (or -n NAME).
+@task(
+    help={"name": "a job, or a sweep to show one row per point (default: every job and sweep)"},
+)
+def status(c, name=""):
+    """Table of jobs and sweeps: zone, status, model, step, attempts, stops, lost steps, cost."""
     from survival import cli
 
-    cli.status(c)
+    cli.status(c, name or None)
+
+
+@task(
+    iterable=["grid", "range_", "include"],
+    help={
+        "branch": "branch to push and train (required), e.g. exp1",
+        "grid": "NAME=V1,V2,...: the points are the product of every --grid (repeatable), e.g. "
+        "--grid learning_rate=0.01,0.03 --grid batch_size=32,64",
+        "random": "N random points instead of the grid's product: each draws every --range "
+        "value and picks each --grid value at random (seeded by --seed)",
+        "range_": "NAME=LOW:HIGH[:lin|log] for --random, e.g. learning_rate=1e-4:1e-1:log",
+        "parallelism": "at most P points train at once (default: all of them)",
+        "engine": "batch: one Cloud Batch job, taskCount = points (returns once queued); "
+        "vms (default): one supervised VM per point, this command supervises them",
+        "example": "trainer to run: keras_digits (default) or sklearn_digits",
+        "train_steps": f"training steps of each point (default {DEFAULT_TRAIN_STEPS})",
+        "checkpoint_steps": f"periodic checkpoint every K steps (default "
+        f"{DEFAULT_CHECKPOINT_STEPS})",
+        "seed": "random seed of every point's training and of --random draws (default 0)",
+        "name": "sweep name (default: BRANCH-UTCDATE-TIME-xxxx); its points are NAME/<index>",
+        "zone": "zone to try first (default: survival.zones in order)",
+        "gpu": "GPUs as TYPE:COUNT, or none (default: survival.gpu_*)",
+        "machine_type": "machine type (default: survival.machine_type)",
+        "provisioning": "spot | preemptible | standard (default: survival.provisioning)",
+        "chaos": "rehearse preemptions: vms, each point's VM N times; batch, N task VMs at "
+        "random steps, then return (default 0)",
+        "push": "push the working tree first (default on)",
+        "include": _INCLUDE_HELP,
+    },
+)
+def sweep(
+    c,
+    branch,
+    grid=None,
+    random=None,
+    range_=None,
+    parallelism=None,
+    engine="vms",
+    example="keras_digits",
+    train_steps=None,
+    checkpoint_steps=None,
+    seed=None,
+    name=None,
+    zone=None,
+    gpu=None,
+    machine_type=None,
+    provisioning=None,
+    chaos=None,
+    push=True,
+    include=None,
+):
+    """Train every point of a hyperparameter grid (or N random points), on Batch or on VMs."""
+    from survival.request import whole_number
+
+    try:
+        request = TrainRequest.from_flags(
+            branch=branch, example=example, train_steps=train_steps,
+            checkpoint_steps=checkpoint_steps, seed=seed, hparams=(), name=name, zone=zone,
+            gpu=gpu, machine_type=machine_type, provisioning=provisioning, follow=True,
+            chaos=chaos, push=push, keep_alive=False, include=tuple(include or ()),
+        )  # fmt: skip
+        random_points = whole_number("--random", random, 0)
+        width = None if parallelism is None else whole_number("--parallelism", parallelism, 1)
+    except ConfigError as err:
+        raise Exit(f"error: {err}", code=1) from None
+    from survival import sweep_cli
+
+    sweep_cli.sweep(
+        c, request, grid=tuple(grid or ()), ranges=tuple(range_ or ()),
+        random_points=random_points, parallelism=width, engine=engine,
+    )  # fmt: skip
 
 
 @task(help={"name": "job name to preempt now"})
@@ -292,8 +423,12 @@ class SurvivalExecutor(Executor):
 ns = Collection()
 ns.configure({"survival": DEFAULTS})
 ns.add_collection(Collection("localgce", localgce_start, localgce_stop, localgce_status))
-for _task in (survival_config, push_code, train, watch, ssh_logs, status, preempt, down,
+for _task in (survival_config, doctor, push_code, train, watch, ssh_logs, status, preempt, down,
               bake_image):  # fmt: skip
     ns.add_task(_task)
 ns.add_collection(Collection("jobs", jobs_plot))
+# `invoke sweep ...` is the collection's default task; `invoke sweep.resume NAME` the other.
+_sweeps = Collection("sweep", sweep_resume, sweep_report)
+_sweeps.add_task(sweep, default=True)
+ns.add_collection(_sweeps)
 ns.add_collection(Collection("images", images_list, deprecate=images_deprecate))

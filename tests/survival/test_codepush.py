@@ -5,10 +5,10 @@ in on purpose with --include."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
+from gitrepo import git, new_repo
 
 from survival.codepush import push_code, require_branch, validate_branch
 from survival.errors import ConfigError
@@ -17,24 +17,10 @@ SECRETS = (".env", ".env.local", "deploy/server.pem", "tls.key", "id_rsa", "id_r
            "gcp-credentials.json", "cert.p12")  # fmt: skip
 
 
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
-    ).stdout.strip()
-
-
 @pytest.fixture
 def worktree(tmp_path: Path) -> Path:
-    tree = tmp_path / "work"
-    tree.mkdir()
-    git(tree, "init", "-q", "-b", "main")
-    git(tree, "config", "user.email", "dev@example.invalid")
-    git(tree, "config", "user.name", "Dev")
-    (tree / ".gitignore").write_text("ignored.txt\nlocal/\n")
-    (tree / "train.py").write_text("print('v1')\n")
-    git(tree, "add", ".")
-    git(tree, "commit", "-qm", "v1")
-    return tree
+    files = {".gitignore": "ignored.txt\nlocal/\n", "train.py": "print('v1')\n"}
+    return new_repo(tmp_path / "work", files)
 
 
 def test_dirty_tree_is_pushed_and_user_state_untouched(worktree: Path, tmp_path: Path):

@@ -48,7 +48,8 @@ def test_layers_and_sources(monkeypatch, tmp_path):
     assert s.sources["machine_type"] == "env var INVOKE_SURVIVAL_MACHINE_TYPE"
     assert s.gpu_count == 0 and s.sources["gpu_count"] == "runtime file (invoke -f)"
     assert s.project == "local-project" and s.sources["project"].startswith("derived")
-    assert s.trainer_repo.startswith("file://") and s.job_bucket == "survival-jobs"
+    # No trainer_repo: the code travels as a bundle in the job bucket, on both backends.
+    assert s.trainer_repo == "" and s.job_bucket == "survival-jobs"
     flagged = s.with_flags(provisioning="standard", zone=None)
     assert flagged.provisioning == "standard"
     assert flagged.sources["provisioning"] == "flag --provisioning"
@@ -72,7 +73,7 @@ def test_a_backend_flag_derives_project_bucket_and_repo_again(monkeypatch):
     gce = configured.with_flags(backend="gce")
     assert gce.project == "my-proj-1" and gce.sources["backend"] == "flag --backend"
     assert gce.job_bucket == "my-proj-1-survival-jobs"
-    assert gce.trainer_repo == "https://source.developers.google.com/p/my-proj-1/r/trainer"
+    assert gce.trainer_repo == ""
 
 
 def test_gce_defaults(monkeypatch):
@@ -80,7 +81,7 @@ def test_gce_defaults(monkeypatch):
         monkeypatch, env={"INVOKE_SURVIVAL_BACKEND": "gce", "INVOKE_SURVIVAL_PROJECT": "my-proj-1"}
     )
     s = Settings.from_invoke(config)
-    assert s.trainer_repo == "https://source.developers.google.com/p/my-proj-1/r/trainer"
+    assert s.trainer_repo == ""  # a bundle in the job bucket, never Cloud Source Repositories
     assert s.job_bucket == "my-proj-1-survival-jobs"
     assert "https://www.googleapis.com/auth/cloud-platform" not in s.scopes
 

@@ -4,6 +4,7 @@ trainer, against the emulator. One emulator for the module; each test names its 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,6 +114,16 @@ def test_train_survives_two_preemptions_and_matches_uninterrupted_run(cloud, tmp
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
+    # The default code delivery: a bundle in the job bucket, which the VM downloads and checks.
+    pushed = re.search(
+        r"push-code: exp1 -> ([0-9a-f]{40}) \((gs://survival-jobs/code/\1\.bundle)\)", out
+    )
+    assert pushed, out[:3000]
+    assert f"fetched commit {pushed.group(1)[:12]} from {pushed.group(2)}" in out
+    zone = re.search(r"train: created e2e-chaos in (\S+) ", out).group(1)
+    metadata = cloud["compute"].get_instance(zone, "e2e-chaos").metadata
+    assert metadata["trainer-bundle"] == pushed.group(2) and "trainer-repo" not in metadata
+    assert metadata["trainer-commit"] == pushed.group(1)
     assert out.count("chaos: preempting e2e-chaos") == 2
     assert "restart 2" in out
     summary = out[out.index("job e2e-chaos: DONE") :]

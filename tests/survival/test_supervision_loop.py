@@ -25,6 +25,10 @@ class Compute:
         self.world = []  # callbacks, one per get_instance
         self.fail_gets = 0
         self.serial_starts = []
+        self.model = "SPOT"
+        self.instance_id = ""  # set: get_instance shows it (raw "id"), as the API does
+        self.last_start = "2026-11-29T09:00:00.000-08:00"
+        self.system = []  # (operationType, insertTime) newest first: zoneOperations.list
 
     def get_instance(self, zone, name):
         if self.world:
@@ -34,8 +38,14 @@ class Compute:
             raise TransientError(f"{zone}: cannot reach the Compute API (ConnectionError)")
         if zone not in self.status:
             return None
-        return InstanceInfo(name, zone, self.status[zone], "SPOT", {}, {}, None,
-                            creation_timestamp=self.created[zone])  # fmt: skip
+        raw = {"id": self.instance_id} if self.instance_id else {}
+        return InstanceInfo(name, zone, self.status[zone], self.model, {}, {}, None,
+                            creation_timestamp=self.created[zone],
+                            last_start_timestamp=self.last_start, raw=raw)  # fmt: skip
+
+    def system_events(self, zone, instance_id):
+        self.calls.append(("system_events", instance_id))
+        return list(self.system)
 
     def insert_instance(self, zone, body):
         self.calls.append(("insert", zone))
@@ -182,6 +192,83 @@ def test_frozen_heartbeat_restarts_the_vm_and_a_moving_one_does_not():
     sup2, lines, _ = make(compute, job)
     sup2.run()
     assert compute.calls == [] and not any("heartbeat" in line for line in lines)
+
+
+def test_a_hung_flex_start_vm_is_deleted_and_created_again_as_one_restart():
+    """Flex-start VMs cannot be stopped, only deleted: the next poll creates the VM again."""
+    compute, job = Compute(), JobDir()
+    compute.model = "FLEX_START"
+    job.lease_record = {"attempt": 1, "step": 120, "heartbeat_unix": 1000.0}
+
+    def world(c):
+        if ("insert", "z-a") in c.calls:
+            job.done_marker = {"steps": 200}
+            c.status["z-a"] = "TERMINATED"
+
+    compute.world = [world] * 500
+    sup, lines, _ = make(compute, job)
+    outcome = sup.run()
+    assert compute.calls[:2] == [("delete", "z-a"), ("insert", "z-a")]
+    assert ("stop", "z-a") not in compute.calls
+    assert outcome.restarts == 1
+    assert "supervisor: job does not exist in z-a; creating it; restart 1" in lines
+
+
+def test_a_vm_deleted_at_its_run_duration_is_created_again_within_max_restarts():
+    """Each time the VM is gone (a flex-start or DELETE VM at the end of its run duration) is a
+    restart: counted in the job dir and bounded by survival.max_restarts."""
+    from survival.supervisor import JobFailed
+
+    compute, job = Compute(), JobDir()
+    looks = []
+
+    def world(c):
+        c.status.clear()  # deleted again before every look
+        looks.append(1)
+        if len(looks) > 400:  # without the bound the job would end here, not fail
+            job.done_marker = {"steps": 1}
+
+    compute.world = [world] * 500
+    sup, _, _ = make(compute, job)
+    with pytest.raises(JobFailed, match="gave up after 5 restarts"):
+        sup.run()
+    assert [c for c in compute.calls if c[0] == "insert"] == [("insert", "z-a")] * 5
+    assert sup._progress().restarts == 5
+
+
+def test_a_guest_power_off_is_noted_as_its_stop_cause_and_an_older_one_is_not():
+    from trainer.jobdir import EVENT_GUEST_SHUTDOWN, AttemptStats
+
+    compute, job = Compute(status="TERMINATED"), JobDir()
+    compute.instance_id = "4242"
+    # The trainer saw only a SIGTERM: its record says "stopped".
+    job.attempt_records = [{"attempt": 3, "end_reason": "notice_saved", "stop_cause": "stopped",
+                            "end_step": 40, "resumed_from_step": 0}]  # fmt: skip
+    compute.system = [("compute.instances.guestTerminate", "2026-11-29T09:05:00.000-08:00")]
+
+    def world(c):
+        if ("start", "z-a") in c.calls:
+            job.done_marker = {"steps": 50}
+
+    compute.world = [world] * 50
+    sup, lines, _ = make(compute, job)
+    sup.run()
+    noted = [e for e in job.events() if e["event"] == EVENT_GUEST_SHUTDOWN]
+    assert [e["attempt"] for e in noted] == [3]
+    assert "supervisor: job was powered off from inside the guest (attempt 3)" in lines
+    stats = AttemptStats.from_records(job.attempts(), job.events())
+    assert stats.stop_causes == {"guest-shutdown": 1} and stats.preempted == 0
+
+    # A power-off before the VM's last start belongs to an earlier boot: not this stop.
+    compute, job = Compute(status="TERMINATED"), JobDir()
+    compute.instance_id = "4242"
+    compute.system = [("compute.instances.guestTerminate", "2026-11-29T08:59:00.000-08:00")]
+    compute.world = [world] * 50
+    job.attempt_records = [{"attempt": 1, "stop_cause": "stopped"}]
+    sup, lines, _ = make(compute, job)
+    sup.run()
+    assert not [e for e in job.events() if e["event"] == EVENT_GUEST_SHUTDOWN]
+    assert ("system_events", "4242") in compute.calls
 
 
 # --- outages -----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from gitrepo import git
 from polling import wait_for
 
 from tests.trainer import helpers
@@ -32,24 +33,16 @@ SLOW_CHECKPOINT_SECONDS = 2  # the window in which the first attempt is killed
 pytestmark = pytest.mark.slow
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.com",
-         *args],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout.strip()  # fmt: skip
-
-
 def _trainer_repo(root: Path) -> tuple[str, str]:
     """A git repository whose branch `exp` holds this tree's trainer/; (file:// URL, commit)."""
     repo = root / "trainer-repo"
     shutil.copytree(
         helpers.REPO / "trainer", repo / "trainer", ignore=shutil.ignore_patterns("__pycache__")
     )
-    _git(repo, "init", "--quiet", "--initial-branch=exp")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "--quiet", "-m", "trainer")
-    return f"file://{repo}", _git(repo, "rev-parse", "HEAD")
+    git(repo, "init", "--quiet", "--initial-branch=exp")
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "-m", "trainer")
+    return f"file://{repo}", git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture
