@@ -21,6 +21,8 @@ from survival.errors import ConfigError
 EXAMPLES = {
     "keras_digits": "trainer.examples.keras_digits",
     "sklearn_digits": "trainer.examples.sklearn_digits",
+    # Checkpoint size as a knob (--hparam checkpoint_mb=100): the checkpoint path at scale.
+    "numpy_wide": "trainer.examples.numpy_wide",
 }
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 HPARAM_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")

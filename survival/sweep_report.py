@@ -25,7 +25,7 @@ class Metric:
 # The metric each example's sweep is ranked by. Both examples log their training loss every
 # `--metrics-steps` steps; the mean of the last rows smooths out one batch's noise.
 FINAL_LOSS = Metric("final_loss", "mean training loss of the last 10 logged steps", True)
-METRICS = {"sklearn_digits": FINAL_LOSS, "keras_digits": FINAL_LOSS}
+METRICS = {"sklearn_digits": FINAL_LOSS, "keras_digits": FINAL_LOSS, "numpy_wide": FINAL_LOSS}
 
 
 def metric_of(example: str) -> Metric:

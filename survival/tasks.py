@@ -115,7 +115,7 @@ def push_code(c, branch, include=None):
     iterable=["hparam", "include"],
     help={
         "branch": "branch to push and train (required), e.g. exp1",
-        "example": "trainer to run: keras_digits (default) or sklearn_digits",
+        "example": "trainer to run: keras_digits (default), sklearn_digits or numpy_wide",
         "train_steps": f"total training steps (default {DEFAULT_TRAIN_STEPS})",
         "checkpoint_steps": "periodic checkpoint every K steps; 0: only notice and final ones "
         f"(default {DEFAULT_CHECKPOINT_STEPS})",
@@ -261,7 +261,7 @@ def status(c, name=""):
         "parallelism": "at most P points train at once (default: all of them)",
         "engine": "batch: one Cloud Batch job, taskCount = points (returns once queued); "
         "vms (default): one supervised VM per point, this command supervises them",
-        "example": "trainer to run: keras_digits (default) or sklearn_digits",
+        "example": "trainer to run: keras_digits (default), sklearn_digits or numpy_wide",
         "train_steps": f"training steps of each point (default {DEFAULT_TRAIN_STEPS})",
         "checkpoint_steps": f"periodic checkpoint every K steps (default "
         f"{DEFAULT_CHECKPOINT_STEPS})",

@@ -542,10 +542,14 @@ class JobDir:
         fill: Callable[[Path], None],
         manifest_fields: dict,
         before_manifest: Callable[[], None] = lambda: None,
+        before_each: Callable[[], None] = lambda: None,
     ) -> dict:
-        """Save ckpt-<step>/: ``fill(dir)`` writes the files, the manifest becomes visible last."""
+        """Save ckpt-<step>/: ``fill(dir)`` writes the files, the manifest becomes visible last.
+        ``before_each`` runs once the files are written and before each is published: an
+        exception from it (a cancelled background save) leaves no manifest behind."""
         with self.store.staging_dir() as staging:
             fill(staging)
+            before_each()
             files = {
                 p.relative_to(staging).as_posix(): {
                     "sha256": sha256_file(p),
@@ -557,7 +561,9 @@ class JobDir:
             manifest = {**manifest_fields, "step": step, "files": files}
             (staging / MANIFEST).write_bytes(_dumps(manifest))
             self._valid.pop(step, None)
-            self.store.publish_dir(staging, f"{CKPT_PREFIX}{step}", MANIFEST, before_manifest)
+            self.store.publish_dir(
+                staging, f"{CKPT_PREFIX}{step}", MANIFEST, before_manifest, before_each
+            )
             self._valid[step] = True
         return manifest
 

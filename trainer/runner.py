@@ -8,9 +8,12 @@ Lifecycle of one attempt (one trainer process):
      name, take the LEASE (exit 73 if another live writer holds it); a daemon thread refreshes it.
      If a metadata server answers, daemon threads long-poll preempted / maintenance-event.
   4. Loop until --train-steps: one step, metrics at a cadence, a periodic checkpoint every
-     --checkpoint-steps. Between steps the loop checks the notice flag: SIGTERM or preempted →
-     classify the stop cause (preempted, host maintenance, a plain stop), save (reason "notice")
-     and exit 75; maintenance → save now and keep training.
+     --checkpoint-steps. With --async-checkpoints a periodic save only snapshots the state
+     (Task.snapshot) and one background thread writes it, manifest last, while training goes
+     on; at most one is in flight, and a save that falls due meanwhile waits for it. Between
+     steps the loop checks the notice flag: SIGTERM or preempted → classify the stop cause
+     (preempted, host maintenance, a plain stop), cancel an in-flight save of an older step,
+     save (reason "notice") and exit 75; maintenance → the same save, and keep training.
   5. At --train-steps: final checkpoint, export, DONE, attempt record, release the LEASE.
 A SIGKILLed attempt leaves its LEASE behind; the next attempt records it as "crashed".
 """
@@ -27,7 +30,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +64,36 @@ from trainer.task import Task
 log = logging.getLogger("trainer")
 
 SLOW_CHECKPOINT_ENV = "SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS"  # test hook: widen the write window
+# Test hook: the save reasons (comma-separated, e.g. "periodic") the slow hook applies to; all
+# when unset.
+SLOW_CHECKPOINT_REASONS_ENV = "SURVIVAL_TEST_SLOW_CHECKPOINT_REASONS"
 STOPPING_NOTICES = ("sigterm", "preempted")
 # How stale the LEASE's step (the lost-step estimate of a killed attempt) may be. Cloud Storage
 # allows about one write per second to one object, so 2 s leaves headroom.
 HEARTBEAT_MAX_SECONDS = 2.0
+# How often a loop waiting for an in-flight background save looks for a stopping notice.
+SAVE_WAIT_POLL_SECONDS = 0.05
+
+
+class SaveCancelled(Exception):
+    """A background save was cancelled before its manifest: nothing of it was committed."""
+
+
+@dataclass
+class PendingSave:
+    """The one periodic save in flight in the background (``--async-checkpoints``)."""
+
+    step: int
+    metrics_rows: list[dict]  # the metrics up to ``step``, flushed once it is committed
+    metrics_keep_up_to: int | None
+    snapshot_monotonic: float
+    thread: threading.Thread | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled: bool = False
+    error: BaseException | None = None
+
+
+NEVER = threading.Event()  # the cancel event of a synchronous save: never set
 
 
 class Stop(Exception):
@@ -134,6 +163,15 @@ def build_parser(task_cls: type[Task], prog: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-steps", type=int, default=100, help="progress line cadence (default 100)"
     )
+    default_async = task_cls.default_async_checkpoints
+    parser.add_argument(
+        "--async-checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=default_async,
+        help="periodic saves snapshot the state and write it in one background thread while "
+        "training goes on; notice and final saves stay synchronous "
+        f"(default {'on' if default_async else 'off'} for this example, see bench/)",
+    )
     add_flags(parser, task_cls.hparams)
     return parser
 
@@ -174,6 +212,18 @@ class Runner:
         self.last_saved_step: int | None = None
         self.save_seconds: list[float] = []
         self.periodic_save_seconds: list[float] = []
+        # Time the training loop stood still for each periodic save: all of it when saving
+        # synchronously; the snapshot and any wait for the previous save when asynchronous.
+        self.periodic_blocking_seconds: list[float] = []
+        self.pending: PendingSave | None = None  # the background save in flight, if any
+        self.save_waits = 0  # periodic saves that fell due while another was in flight
+        self.save_wait_seconds = 0.0
+        self.saves_cancelled = 0
+        self.restore_seconds: float | None = None
+        self.steps_run = 0  # steps this attempt ran, and the time they took (saves excluded)
+        self.step_seconds_total = 0.0
+        self.overlap_steps = 0  # ... of which while a background save was in flight
+        self.overlap_seconds = 0.0
 
     # ----- notices -------------------------------------------------------------------------
     def on_notice(self, kind: str) -> None:
@@ -196,50 +246,181 @@ class Runner:
             return kind
 
     # ----- checkpoints ---------------------------------------------------------------------
-    def save(self, attempt: Attempt, task: Task, reason: str) -> None:
-        if self.last_saved_step == self.step:
-            return
-        started = time.monotonic()
-        slow_seconds = float(os.environ.get(SLOW_CHECKPOINT_ENV, "0") or 0)
+    def _manifest_fields(self, attempt: Attempt, task: Task, reason: str) -> dict:
+        return {
+            "reason": reason,
+            "hparams": self.hparams,
+            "seed": self.args.seed,
+            "framework": self.task_cls.framework,
+            "versions": {"python": sys.version.split()[0], **task.versions()},
+            "created_unix": time.time(),
+            "attempt": attempt.number,
+        }
+
+    def _take_metrics(self) -> tuple[list[dict], int | None]:
+        """The buffered metrics rows (all up to the current step), handed to the save of this
+        step: they are flushed with its checkpoint, so metrics.jsonl matches the saved
+        trajectory."""
+        rows, keep = self.metrics_buffer, self.metrics_keep_up_to
+        self.metrics_buffer, self.metrics_keep_up_to = [], None
+        return rows, keep
+
+    def _commit(
+        self,
+        attempt: Attempt,
+        step: int,
+        fill,
+        fields: dict,
+        metrics: tuple[list[dict], int | None],
+        cancel: threading.Event,
+    ) -> None:
+        """Write ckpt-<step> (manifest last), then flush its metrics, prune, and heartbeat the
+        LEASE with the step saved. Raises SaveCancelled, before the manifest, once ``cancel``
+        is set. Runs in the main thread, or in the background thread for an async save."""
+        reasons = os.environ.get(SLOW_CHECKPOINT_REASONS_ENV, "")
+        slow = not reasons or fields["reason"] in reasons.split(",")
+        slow_seconds = float(os.environ.get(SLOW_CHECKPOINT_ENV, "0") or 0) if slow else 0.0
+
+        def check_cancel() -> None:
+            if cancel.is_set():
+                raise SaveCancelled(f"ckpt-{step}")
 
         def before_manifest() -> None:
             if slow_seconds > 0:
-                log.info(
-                    "checkpoint ckpt-%d: files written, manifest pending (test hook)", self.step
-                )
-                time.sleep(slow_seconds)
+                log.info("checkpoint ckpt-%d: files written, manifest pending (test hook)", step)
+                cancel.wait(slow_seconds)  # a cancel ends the wait
+            check_cancel()
 
-        self.job.write_checkpoint(
-            self.step,
-            task.save,
-            {
-                "reason": reason,
-                "hparams": self.hparams,
-                "seed": self.args.seed,
-                "framework": self.task_cls.framework,
-                "versions": {"python": sys.version.split()[0], **task.versions()},
-                "created_unix": time.time(),
-                "attempt": attempt.number,
-            },
-            before_manifest,
-        )
-        self.last_saved_step = self.step
-        self.flush_metrics()
+        self.job.write_checkpoint(step, fill, fields, before_manifest, check_cancel)
+        self.last_saved_step = step
+        rows, keep = metrics
+        if rows or keep is not None:
+            self.job.write_metrics(rows, keep)
         self.job.prune_checkpoints(self.args.keep_checkpoints)
         with attempt.heartbeat.lock:
-            attempt.lease.heartbeat(step=self.step)
+            attempt.lease.heartbeat(step=max(self.step, step), saved_step=step)
+
+    def save(self, attempt: Attempt, task: Task, reason: str) -> None:
+        """A synchronous save of the current step. An in-flight background save is first
+        waited for (final save, or one of this very step) or cancelled (a notice: the older
+        step it holds is superseded), so there is never a second writer."""
+        self._settle_background(cancel=reason == "notice")
+        if self.last_saved_step == self.step:
+            return
+        started = time.monotonic()
+        fields = self._manifest_fields(attempt, task, reason)
+        self._commit(attempt, self.step, task.save, fields, self._take_metrics(), NEVER)
         seconds = time.monotonic() - started
         self.save_seconds.append(seconds)
         if reason == "periodic":
             self.periodic_save_seconds.append(seconds)
+            self.periodic_blocking_seconds.append(seconds)
         log.info("checkpoint ckpt-%d saved (%s) in %.3fs", self.step, reason, seconds)
 
-    def flush_metrics(self) -> None:
-        # Metrics are flushed with each checkpoint so the file matches the saved trajectory.
-        if self.metrics_buffer or self.metrics_keep_up_to is not None:
-            self.job.write_metrics(self.metrics_buffer, self.metrics_keep_up_to)
-            self.metrics_buffer = []
-            self.metrics_keep_up_to = None
+    def save_periodic(self, attempt: Attempt, task: Task) -> None:
+        if not self.args.async_checkpoints:
+            self.save(attempt, task, "periodic")
+            return
+        started = time.monotonic()
+        pending = self.pending
+        if pending is not None and pending.thread.is_alive():
+            self.save_waits += 1
+            log.warning(
+                "periodic save due at step %d while ckpt-%d is in flight: waiting for it",
+                self.step,
+                pending.step,
+            )
+            while not self._join(pending, SAVE_WAIT_POLL_SECONDS):
+                if self.notice_kind in STOPPING_NOTICES:
+                    break  # the notice save, next, takes this step
+            self.save_wait_seconds += time.monotonic() - started
+            if pending.thread.is_alive():
+                return
+        self._collect_background()
+        if self.last_saved_step == self.step:
+            return
+        metrics = self._take_metrics()
+        fields = self._manifest_fields(attempt, task, "periodic")
+        write = task.snapshot()
+        pending = PendingSave(self.step, *metrics, snapshot_monotonic=time.monotonic())
+        pending.thread = threading.Thread(
+            target=self._write_in_background,
+            args=(attempt, pending, write, fields),
+            name="checkpoint-writer",
+            daemon=True,
+        )
+        self.pending = pending
+        pending.thread.start()
+        blocking = time.monotonic() - started
+        self.periodic_blocking_seconds.append(blocking)
+        log.info(
+            "checkpoint ckpt-%d: snapshot in %.3fs, writing in the background", self.step, blocking
+        )
+
+    def _write_in_background(self, attempt: Attempt, pending: PendingSave, write, fields) -> None:
+        metrics = (pending.metrics_rows, pending.metrics_keep_up_to)
+        try:
+            self._commit(attempt, pending.step, write, fields, metrics, pending.cancel)
+        except SaveCancelled:
+            pending.cancelled = True
+            return
+        except BaseException as error:  # handed to the training loop, which stops on it
+            pending.error = error
+            return
+        seconds = time.monotonic() - pending.snapshot_monotonic
+        self.save_seconds.append(seconds)
+        self.periodic_save_seconds.append(seconds)
+        log.info(
+            "checkpoint ckpt-%d saved (periodic, in the background) in %.3fs", pending.step, seconds
+        )
+
+    @staticmethod
+    def _join(pending: PendingSave, timeout: float | None = None) -> bool:
+        pending.thread.join(timeout)
+        return not pending.thread.is_alive()
+
+    def _collect_background(self) -> None:
+        """Forget a finished background save; raise its error, if it failed. A cancelled
+        save's metrics rows go back to the buffer, for the save that replaces it."""
+        pending = self.pending
+        if pending is None or pending.thread.is_alive():
+            return
+        self.pending = None
+        if pending.cancelled:
+            self.saves_cancelled += 1
+            self.metrics_buffer = pending.metrics_rows + self.metrics_buffer
+            keep, current = pending.metrics_keep_up_to, self.metrics_keep_up_to
+            if keep is not None:
+                self.metrics_keep_up_to = keep if current is None else min(keep, current)
+            log.warning("checkpoint ckpt-%d cancelled before its manifest", pending.step)
+        if pending.error is not None:
+            raise pending.error
+
+    def _settle_background(self, cancel: bool) -> None:
+        """Wait for the in-flight background save, or cancel it (``cancel``, unless it holds
+        the current step), and collect it. Afterwards no other writer is running."""
+        pending = self.pending
+        if pending is None:
+            return
+        if pending.thread.is_alive():
+            if cancel and pending.step != self.step:
+                log.warning(
+                    "cancelling the in-flight save of ckpt-%d: step %d supersedes it",
+                    pending.step,
+                    self.step,
+                )
+                pending.cancel.set()
+            else:
+                log.info("waiting for the in-flight save of ckpt-%d", pending.step)
+            self._join(pending)
+        self._collect_background()
+
+    def _stop_background(self) -> None:
+        """On the way out of a failed attempt: cancel and join the background save."""
+        pending = self.pending
+        if pending is not None and pending.thread.is_alive():
+            pending.cancel.set()
+            self._join(pending)
 
     # ----- the attempt ---------------------------------------------------------------------
     def check_config(self, manifest: dict | None) -> None:
@@ -298,7 +479,9 @@ class Runner:
         # Restores, checks and temporary files go to this trainer's own scratch dir in the
         # job's staging area; those of killed trainers are removed here.
         with Scratch(self.job.store.scratch_root()) as scratch:
+            restore_started = time.monotonic()
             manifest = self.job.restore_latest(scratch / "restore")
+            self.restore_seconds = time.monotonic() - restore_started
             self.check_config(manifest)
 
             recorded = self.job.attempts()
@@ -346,7 +529,11 @@ class Runner:
         self.job.store.sweep_staging()
         task = self.task_cls(self.hparams, args.seed, args.data_dir)
         if manifest is not None:
+            restore_started = time.monotonic()
             task.restore(Path(manifest["local_path"]))
+            self.restore_seconds = (self.restore_seconds or 0.0) + (
+                time.monotonic() - restore_started
+            )
             self.step = self.reached_step = int(manifest["step"])
             self.last_saved_step = self.step
             log.info("resumed from ckpt-%d (%s)", self.step, manifest.get("reason"))
@@ -365,6 +552,7 @@ class Runner:
         try:
             return self._loop(attempt, task)
         finally:
+            self._stop_background()  # before any record is written: one writer at a time
             for watcher in watchers:
                 watcher.stop()
 
@@ -373,6 +561,7 @@ class Runner:
         loop_started = time.monotonic()
         loop_cpu_started = time.process_time()  # CPU time: less sensitive to a busy machine
         while True:
+            self._collect_background()  # raises the error of a failed background save
             if attempt.lease.lost.is_set():
                 raise Stop(exitcodes.LEASE_HELD, "another writer took over the LEASE; stopping")
             kind = self._take_notice()
@@ -399,7 +588,15 @@ class Runner:
             if self.notice_kind is not None:
                 self.reached_step = self.step
                 continue
+            overlapping = self.pending is not None and self.pending.thread.is_alive()
+            step_started = time.monotonic()
             metrics = task.train_step(self.step)
+            step_seconds = time.monotonic() - step_started
+            self.step_seconds_total += step_seconds
+            self.steps_run += 1
+            if overlapping:  # how much a background write slows the steps beside it
+                self.overlap_steps += 1
+                self.overlap_seconds += step_seconds
             self.step += 1
             if args.metrics_steps and self.step % args.metrics_steps == 0:
                 self.metrics_buffer.append(
@@ -412,7 +609,7 @@ class Runner:
                 and self.step % args.checkpoint_steps == 0
                 and self.step < args.train_steps
             ):
-                self.save(attempt, task, "periodic")
+                self.save_periodic(attempt, task)
         attempt.loop_seconds = time.monotonic() - loop_started
         attempt.loop_cpu_seconds = time.process_time() - loop_cpu_started
         self.save(attempt, task, "final")
@@ -431,7 +628,9 @@ class Runner:
             else:
                 exported = self.job.export_dir(Path(tmp))
         record = self._record(attempt, END_COMPLETED, None)
-        stats = AttemptStats.from_records(self.job.attempts(), self.job.events())
+        records = self.job.attempts()
+        stats = AttemptStats.from_records(records, self.job.events())
+        checkpoint_waits = sum(int(r.get("save_waits") or 0) for r in records)
         metrics = self.job.metrics()
         first_start = stats.first_start_unix or record["start_unix"]
         summary = {
@@ -445,6 +644,8 @@ class Runner:
             "crashes": stats.crashes,
             "preempted": stats.preempted,
             "stop_causes": stats.stop_causes,
+            # Periodic saves that fell due while the previous one was still being written.
+            "checkpoint_waits": checkpoint_waits,
             "framework": self.task_cls.framework,
             "exported": exported,
             "seed": self.args.seed,
@@ -455,10 +656,11 @@ class Runner:
         self.job.write_done(summary)
         self._release(attempt)
         log.info(
-            "DONE: %d steps, %d attempts, lost steps %s, exported to %s",
+            "DONE: %d steps, %d attempts, lost steps %s, checkpoint waits %d, exported to %s",
             self.step,
             stats.attempts,
             stats.lost_steps_text,
+            checkpoint_waits,
             exported,
         )
 
@@ -484,6 +686,18 @@ class Runner:
             "checkpoint_seconds_total": round(sum(self.save_seconds), 4),
             "periodic_saves": len(self.periodic_save_seconds),
             "periodic_save_seconds": round(sum(self.periodic_save_seconds), 4),
+            "async_checkpoints": self.args.async_checkpoints,
+            "periodic_save_blocking_seconds": round(sum(self.periodic_blocking_seconds), 4),
+            "save_waits": self.save_waits,
+            "save_wait_seconds": round(self.save_wait_seconds, 4),
+            "saves_cancelled": self.saves_cancelled,
+            "steps_run": self.steps_run,
+            "step_seconds_total": round(self.step_seconds_total, 4),
+            "background_overlap_steps": self.overlap_steps,
+            "background_overlap_seconds": round(self.overlap_seconds, 4),
+            "restore_seconds": (
+                None if self.restore_seconds is None else round(self.restore_seconds, 4)
+            ),
             **extra,
         }
         self.job.append_attempt(record)

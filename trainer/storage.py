@@ -146,8 +146,11 @@ class Store:
         name: str,
         last_file: str,
         before_last: Callable[[], None] = lambda: None,
+        before_each: Callable[[], None] = lambda: None,
     ) -> None:
-        """Make ``local_dir`` appear as ``name/``, with ``last_file`` becoming visible last."""
+        """Make ``local_dir`` appear as ``name/``, with ``last_file`` becoming visible last.
+        ``before_each`` runs before each other file is published (a cancelled background save
+        raises from it); ``before_last`` before ``last_file``."""
         raise NotImplementedError
 
     def sweep_staging(self) -> None:
@@ -294,12 +297,15 @@ class LocalStore(Store):
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def publish_dir(self, local_dir, name, last_file, before_last=lambda: None) -> None:
+    def publish_dir(
+        self, local_dir, name, last_file, before_last=lambda: None, before_each=lambda: None
+    ) -> None:
         local_dir = Path(local_dir)
         if local_dir.parent != self.root:
             raise StoreError("publish_dir needs a directory from staging_dir()")
         for path in sorted(local_dir.rglob("*")):
             if path.is_file() and path.name != last_file:
+                before_each()
                 with open(path, "rb") as handle:
                     os.fsync(handle.fileno())
         before_last()
@@ -470,13 +476,16 @@ class GcsStore(Store):
         with self._errors(missing_bucket=True):
             blob.upload_from_filename(str(local_path), content_type="application/octet-stream")
 
-    def publish_dir(self, local_dir, name, last_file, before_last=lambda: None) -> None:
+    def publish_dir(
+        self, local_dir, name, last_file, before_last=lambda: None, before_each=lambda: None
+    ) -> None:
         local_dir = Path(local_dir)
         # A previous object set under this name (corrupt or partial) must not mix with ours.
         self.delete_tree(name, first=last_file)
         files = [p for p in sorted(local_dir.rglob("*")) if p.is_file()]
         for path in files:
             if path.name != last_file:
+                before_each()
                 self.upload(path, f"{name}/{path.relative_to(local_dir).as_posix()}")
         before_last()
         last = local_dir / last_file

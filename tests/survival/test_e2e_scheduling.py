@@ -47,16 +47,50 @@ def test_spot_notice_lets_the_trainer_save_before_sigterm(cloud, tmp_path):
     assert out.index("Preemption notice: 10 s") < exited < out.index("Preemption: ACPI soft-off")
 
 
+PACED_FAMILY = "survival-paced"
+PACED_CHECKPOINT_SECONDS = 2
+# The wrapper's environment reaches the trainer: each periodic save waits PACED_CHECKPOINT_SECONDS
+# before its manifest (the trainer's test hook), so the job takes a known minimum time.
+PACED_PYTHON = """#!/bin/sh
+export SURVIVAL_TEST_SLOW_CHECKPOINT_SECONDS={seconds}
+export SURVIVAL_TEST_SLOW_CHECKPOINT_REASONS=periodic
+exec {python} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def paced_family(cloud) -> str:
+    """An image family whose Python paces the trainer's periodic saves."""
+    from google.cloud import compute_v1
+
+    from localgce.client import compute_client_options
+    from survival.config import LOCAL_PROJECT
+
+    python = cloud["state"] / "paced-image" / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(PACED_PYTHON.format(seconds=PACED_CHECKPOINT_SECONDS, python=sys.executable))
+    python.chmod(0o755)
+    (python.parent / "python3").symlink_to("python")  # the name startup.sh looks for
+    image = compute_v1.Image(
+        name="paced", family=PACED_FAMILY,
+        raw_disk=compute_v1.RawDisk(source=str(python.parents[2])),
+    )  # fmt: skip
+    images = compute_v1.ImagesClient(**compute_client_options(cloud["endpoints"]))
+    images.insert(project=LOCAL_PROJECT, image_resource=image).result(timeout=120)
+    return PACED_FAMILY
+
+
 def test_flex_start_job_outlives_its_run_duration_and_matches_an_uninterrupted_run(
-    cloud, tmp_path, monkeypatch
+    cloud, paced_family, tmp_path, monkeypatch
 ):
-    steps = "5000"
-    # 0.007 h = 25 s per VM. After its boot and start-up (several seconds) the first VM trains
-    # for well under 20 s, less than 5000 steps take: it is deleted at its limit mid-run.
+    steps, checkpoint_steps = "5000", "500"
+    # 0.004 h = 14.4 s per VM, less its boot. 9 paced periodic saves keep the job busy for at
+    # least 18 s, whatever the machine's speed: the first VM is deleted at its limit mid-run.
+    env = {**cloud["env"], "INVOKE_SURVIVAL_IMAGE_FAMILY": paced_family}
     result = invoke(
-        cloud, "train", "--branch", "exp1", "--example", "sklearn_digits", "--name", "e2e-flex",
-        "--provisioning", "flex-start", "--max-run-hours", "0.007", "--train-steps", steps,
-        "--checkpoint-steps", "0",
+        {**cloud, "env": env}, "train", "--branch", "exp1", "--example", "sklearn_digits",
+        "--name", "e2e-flex", "--provisioning", "flex-start", "--max-run-hours", "0.004",
+        "--train-steps", steps, "--checkpoint-steps", checkpoint_steps,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
@@ -73,7 +107,8 @@ def test_flex_start_job_outlives_its_run_duration_and_matches_an_uninterrupted_r
     local = tmp_path / "local-job"
     subprocess.run(
         [sys.executable, "-m", "trainer.examples.sklearn_digits", "--job-dir", str(local),
-         "--train-steps", steps, "--checkpoint-steps", "0", "--seed", "0", "--hparams-json", "{}"],
+         "--train-steps", steps, "--checkpoint-steps", checkpoint_steps, "--seed", "0",
+         "--hparams-json", "{}"],
         cwd=REPO, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"):

@@ -75,6 +75,13 @@ def test_hparams_are_checked_against_the_example_and_coerced():
         validate(request(example="sklearn_digits", hparams=("hidden_units=8",)))
 
 
+def test_the_scalable_example_is_offered_with_its_size_knob_checked():
+    module, hparams = validate(request(example="numpy_wide", hparams=("checkpoint_mb=100",)))
+    assert module == "trainer.examples.numpy_wide" and hparams == {"checkpoint_mb": 100}
+    with pytest.raises(ConfigError, match="checkpoint_mb"):
+        validate(request(example="numpy_wide", hparams=("checkpoint_mb=0",)))
+
+
 def test_checkpoint_steps_zero_is_allowed_as_the_trainer_allows_it():
     from trainer.examples.keras_digits import KerasDigits
     from trainer.runner import build_parser

@@ -16,8 +16,10 @@ from tests.trainer.fake_metadata import FakeMetadataServer
 BUCKET = "trainer-tests"
 # Small runs: each example's uninterrupted reference and the interrupted runs use these.
 RUNS = {
-    "sklearn_digits": {"framework": "sklearn", "steps": 150, "ckpt": 20},
-    "keras_digits": {"framework": "keras", "steps": 300, "ckpt": 40},
+    "sklearn_digits": {"framework": "sklearn", "steps": 150, "ckpt": 20, "args": []},
+    "keras_digits": {"framework": "keras", "steps": 300, "ckpt": 40, "args": []},
+    # A 4 MB checkpoint: big enough that a background write overlaps steps.
+    "numpy_wide": {"framework": "numpy", "steps": 80, "ckpt": 10, "args": ["--checkpoint-mb", "4"]},
 }
 _counter = itertools.count()
 
@@ -56,6 +58,7 @@ def reference():
                     "0",
                     "--seed",
                     "7",
+                    *spec["args"],
                 )
                 assert result.returncode == 0, result.stderr
                 cache[example] = helpers.export_arrays(job, spec["framework"])

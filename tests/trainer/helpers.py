@@ -125,8 +125,14 @@ def fetch_export(job_dir: str, file_name: str, into: Path) -> Path:
 
 
 def export_arrays(job_dir: str, framework: str) -> dict[str, np.ndarray]:
-    """The exported model's arrays: skops attributes or the .keras file's HDF5 weights."""
+    """The exported model's arrays: skops attributes, the .keras file's HDF5 weights, or the
+    NumPy example's .npz."""
     with tempfile.TemporaryDirectory() as tmp:
+        if framework == "numpy":
+            from trainer.examples.numpy_wide import MODEL_FILE
+
+            with np.load(fetch_export(job_dir, MODEL_FILE, Path(tmp)), allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
         if framework == "sklearn":
             import skops.io
 
