@@ -15,6 +15,7 @@ import functools
 import importlib.util
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,6 +119,14 @@ def resolve(verb: str, path: str) -> tuple[Method, dict[str, str]] | None:
     candidates = [m for m in methods().values() if "{+" in m.path] + _by_segments().get(
         len(path.split("/")), []
     )
+    return match_method(candidates, verb, path)
+
+
+def match_method(
+    candidates: Iterable[Method], verb: str, path: str
+) -> tuple[Method, dict[str, str]] | None:
+    """The first of ``candidates`` for ``verb`` whose path matches, with its path parameters;
+    None when none matches the path; 405 when some match it with another verb."""
     path_known = False
     for method in candidates:
         match = method.regex.fullmatch(path)

@@ -20,6 +20,7 @@ Batch's SDK is imported lazily (the first call that needs a client).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -321,28 +322,6 @@ class Submitted:
     batch_job: dict[str, Any]
 
 
-def machine_for(settings: Any, image: str) -> MachineSpec:
-    """The task VMs' shape, from the settings (as `invoke train` builds a VM job's)."""
-    from survival.launch import scopes_for
-
-    return MachineSpec(
-        zone=settings.zones[0],
-        machine_type=settings.machine_type,
-        gpu_type=settings.gpu_type,
-        gpu_count=settings.gpu_count,
-        provisioning=settings.provisioning,
-        image=image,
-        disk_size_gb=settings.disk_size_gb,
-        service_account=settings.service_account,
-        scopes=scopes_for(settings.trainer_repo, settings.scopes),
-        preemption_notice_seconds=settings.preemption_notice_seconds,
-        max_run_seconds=settings.max_run_seconds,
-        network=settings.network,
-        subnetwork=settings.subnetwork,
-        external_ip=settings.external_ip,
-    )
-
-
 def check_not_running(batch: BatchJobs, settings: Any, name: str) -> None:
     """A job whose recorded Batch job is still queued or running must not be submitted again."""
     from survival import jobstore
@@ -374,89 +353,28 @@ def submit_train(
     now_unix: float | None = None,
 ) -> Submitted:
     """`invoke train --engine batch`: the same checks and job dir bookkeeping as a VM launch
-    (spec check, code push, image, SPEC.json, a previous run's FAILED archived), then one Batch
-    job with one task; recorded locally with engine "batch"."""
+    (survival.launch.prepare_run), then one Batch job with one task; recorded locally with
+    engine "batch"."""
     from survival import jobstore
-    from survival.codepush import BundleStore, bundle_url, push_code, require_branch
-    from survival.launch import (
-        archive_failed,
-        check_no_instance,
-        check_spec,
-        claim_spec,
-        new_run_id,
-        spec_of,
-    )
-    from survival.request import default_name, validate
+    from survival.launch import prepare_run
 
     settings = cloud.settings
-    module, hparams = validate(req)
-    now = time.time() if now_unix is None else now_unix
-    name = req.name or default_name(req.branch, now)
-    job_dir = cloud.open_job_dir(settings.job_dir(name))
-    wanted = {
-        "branch": req.branch,
-        "module": module,
-        "train_steps": req.train_steps,
-        "seed": req.seed,
-        "hparams": json.loads(json.dumps(hparams, sort_keys=True)),
-    }
-    fallback = None
-    if name in jobstore.names(settings.local_state_dir):
-        fallback = spec_of(jobstore.load(settings.local_state_dir, name)[0])
-    check_spec(name, job_dir, wanted, fallback)
-    check_no_instance(cloud, name)
-    check_not_running(batch, settings, name)
-    bundles = None if settings.trainer_repo else BundleStore(cloud.storage, settings.job_bucket)
-    if req.push:
-        pushed = push_code(
-            worktree, settings.trainer_repo, req.branch, include=req.include, bundles=bundles
-        )
-        commit = pushed.commit
-        out(f"push-code: {req.branch} -> {commit} ({pushed.remote})")
-    else:
-        commit = require_branch(worktree, settings.trainer_repo, req.branch, bundles)
-    machine = machine_for(settings, cloud.compute.image_from_family(settings.image_family))
-    job = JobSpec(
-        name=name,
-        repo_url=settings.trainer_repo,
-        bundle_url="" if settings.trainer_repo else bundle_url(settings.job_bucket, commit),
-        branch=req.branch,
-        commit=commit,
-        module=module,
-        job_dir=settings.job_dir(name),
-        train_steps=req.train_steps,
-        checkpoint_steps=req.checkpoint_steps,
-        seed=req.seed,
-        hparams_json=json.dumps(hparams, sort_keys=True),
-    )
+    run = prepare_run(
+        cloud, worktree, req, out=out, now_unix=now_unix,
+        also_check=lambda name: check_not_running(batch, settings, name),
+    )  # fmt: skip
+    # The task's VM is Batch's: it is deleted when the task ends, whatever keep-alive says.
+    job, machine = dataclasses.replace(run.job, keep_alive=False), run.machine
     body = job_body(
-        machine, settings.zones, job_variables(job), name=name,
+        machine, settings.zones, job_variables(job), name=job.name,
         max_retry_count=max_retries(settings),
     )  # fmt: skip
-    claim_spec(name, job_dir, spec_of(job))
-    run_id = new_run_id(now)
-    archive_failed(job_dir, run_id, lambda line: out(f"train: {line}"))
-    created = batch.create(job_id_for(name), body)
+    created = batch.create(job_id_for(job.name), body)
     jobstore.save(
         settings.local_state_dir, job, machine, {}, engine=jobstore.ENGINE_BATCH,
-        batch_jobs=[created["name"]], run_id=run_id, launched_unix=now,
+        batch_jobs=[created["name"]], run_id=run.run_id, launched_unix=run.now_unix,
     )  # fmt: skip
     return Submitted(job, machine, created)
-
-
-def push_for(cloud: Any, worktree: Path, req: Any, out: Callable[[str], None]) -> str:
-    """Push the working tree (or find the pushed branch with --no-push); the commit."""
-    from survival.codepush import BundleStore, push_code, require_branch
-
-    settings = cloud.settings
-    bundles = None if settings.trainer_repo else BundleStore(cloud.storage, settings.job_bucket)
-    if req.push:
-        pushed = push_code(
-            worktree, settings.trainer_repo, req.branch, include=req.include, bundles=bundles
-        )
-        out(f"push-code: {req.branch} -> {pushed.commit} ({pushed.remote})")
-        return pushed.commit
-    return require_branch(worktree, settings.trainer_repo, req.branch, bundles)
 
 
 def shared_spec(settings: Any, req: Any, module: str, commit: str) -> dict[str, str]:
@@ -493,6 +411,7 @@ def submit_sweep(
     """`invoke sweep --engine batch`: sweep.json (created once), then one Batch job whose task I
     trains point I. Returns the local sweep record."""
     from survival import sweep as sweeps
+    from survival.launch import machine_for, push_for
     from survival.request import validate
 
     settings = cloud.settings

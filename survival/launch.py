@@ -162,16 +162,64 @@ class Launched:
         return build_instance(machine, self.job, self.extra_metadata)
 
 
-def launch(
+@dataclass(frozen=True)
+class Prepared:
+    """A run checked and ready to start: its spec claimed in the job dir, its code pushed, a
+    previous run's FAILED marker archived. What starts it (a VM, a Batch job) comes next."""
+
+    job: JobSpec
+    machine: MachineSpec
+    run_id: str
+    now_unix: float
+
+
+def machine_for(settings: Any, image: str) -> MachineSpec:
+    """The VM shape the settings ask for (the first zone; placement may pick another)."""
+    return MachineSpec(
+        zone=settings.zones[0],
+        machine_type=settings.machine_type,
+        gpu_type=settings.gpu_type,
+        gpu_count=settings.gpu_count,
+        provisioning=settings.provisioning,
+        image=image,
+        disk_size_gb=settings.disk_size_gb,
+        service_account=settings.service_account,
+        scopes=scopes_for(settings.trainer_repo, settings.scopes),
+        preemption_notice_seconds=settings.preemption_notice_seconds,
+        max_run_seconds=settings.max_run_seconds,
+        network=settings.network,
+        subnetwork=settings.subnetwork,
+        external_ip=settings.external_ip,
+    )
+
+
+def push_for(cloud: Cloud, worktree: Path, req: Any, out: Callable[[str], None]) -> str:
+    """Push the working tree (or find the pushed branch with --no-push); the commit. No
+    trainer_repo: the code travels as a bundle in the job bucket (survival/codepush.py)."""
+    settings = cloud.settings
+    bundles = None if settings.trainer_repo else BundleStore(cloud.storage, settings.job_bucket)
+    if req.push:
+        pushed = push_code(
+            worktree, settings.trainer_repo, req.branch, include=req.include, bundles=bundles
+        )
+        out(f"push-code: {req.branch} -> {pushed.commit} ({pushed.remote})")
+        return pushed.commit
+    return require_branch(worktree, settings.trainer_repo, req.branch, bundles)
+
+
+def prepare_run(
     cloud: Cloud,
     worktree: Path,
     req: TrainRequest,
     *,
     out: Callable[[str], None] = print,
     now_unix: float | None = None,
-    extra_metadata: dict[str, str] | None = None,
-) -> Launched:
-    """Validate, push, resolve the image, create the instance (zone fallback); record the job."""
+    also_check: Callable[[str], None] = lambda name: None,
+) -> Prepared:
+    """Everything a new run needs before anything is started, for every engine: validate the
+    request, refuse another spec under this name (and a live instance; ``also_check(name)`` for
+    the engine's own checks), push the code, resolve the image, claim the spec, archive a
+    previous run's FAILED marker."""
     settings = cloud.settings
     module, hparams = validate(req)
     now = time.time() if now_unix is None else now_unix
@@ -189,17 +237,9 @@ def launch(
         fallback = spec_of(jobstore.load(settings.local_state_dir, name)[0])
     check_spec(name, job_dir, wanted, fallback)
     check_no_instance(cloud, name)
-    # No trainer_repo: the code travels as a bundle in the job bucket (survival/codepush.py).
-    bundles = None if settings.trainer_repo else BundleStore(cloud.storage, settings.job_bucket)
-    if req.push:
-        pushed = push_code(
-            worktree, settings.trainer_repo, req.branch, include=req.include, bundles=bundles
-        )
-        commit = pushed.commit
-        out(f"push-code: {req.branch} -> {commit} ({pushed.remote})")
-    else:
-        commit = require_branch(worktree, settings.trainer_repo, req.branch, bundles)
-    image = cloud.compute.image_from_family(settings.image_family)
+    also_check(name)
+    commit = push_for(cloud, worktree, req, out)
+    machine = machine_for(settings, cloud.compute.image_from_family(settings.image_family))
     job = JobSpec(
         name=name,
         repo_url=settings.trainer_repo,
@@ -214,25 +254,25 @@ def launch(
         hparams_json=json.dumps(hparams, sort_keys=True),
         keep_alive=req.keep_alive,
     )
-    machine = MachineSpec(
-        zone=settings.zones[0],
-        machine_type=settings.machine_type,
-        gpu_type=settings.gpu_type,
-        gpu_count=settings.gpu_count,
-        provisioning=settings.provisioning,
-        image=image,
-        disk_size_gb=settings.disk_size_gb,
-        service_account=settings.service_account,
-        scopes=scopes_for(settings.trainer_repo, settings.scopes),
-        preemption_notice_seconds=settings.preemption_notice_seconds,
-        max_run_seconds=settings.max_run_seconds,
-        network=settings.network,
-        subnetwork=settings.subnetwork,
-        external_ip=settings.external_ip,
-    )
     claim_spec(name, job_dir, spec_of(job))
     run_id = new_run_id(now)
     archive_failed(job_dir, run_id, lambda line: out(f"train: {line}"))
+    return Prepared(job, machine, run_id, now)
+
+
+def launch(
+    cloud: Cloud,
+    worktree: Path,
+    req: TrainRequest,
+    *,
+    out: Callable[[str], None] = print,
+    now_unix: float | None = None,
+    extra_metadata: dict[str, str] | None = None,
+) -> Launched:
+    """Prepare the run, create the instance (zone fallback); record the job."""
+    settings = cloud.settings
+    run = prepare_run(cloud, worktree, req, out=out, now_unix=now_unix)
+    job, machine, run_id = run.job, run.machine, run.run_id
     launched = Launched(job, machine, {**(extra_metadata or {}), KEY_RUN_ID: run_id})
     zone = place(
         cloud.compute, settings.zones, launched.make_body, lambda line: out(f"train: {line}")
@@ -244,10 +284,10 @@ def launch(
         launched.machine,
         launched.extra_metadata,
         run_id=run_id,
-        launched_unix=now,
+        launched_unix=run.now_unix,
     )
     out(
-        f"train: created {name} in {zone} ({settings.provisioning}, {settings.machine_type}"
+        f"train: created {job.name} in {zone} ({settings.provisioning}, {settings.machine_type}"
         f"{f', {settings.gpu_count}x {settings.gpu_type}' if settings.gpu_count else ''}); "
         f"job dir {job.job_dir}"
     )

@@ -122,7 +122,7 @@ def _sweep_vms(
     """One supervised VM per point, at most ``parallelism`` at once: a pool of supervisors, each
     running `invoke train`'s launch and supervisor for its point."""
     from survival.cli import _supervise, load_sdk_before_supervising
-    from survival.launch import launch
+    from survival.launch import launch, machine_for, push_for
 
     current = cloud.settings
     name = req.name
@@ -132,13 +132,11 @@ def _sweep_vms(
     if sweeps.read_sweep(store) is not None or sweeps.read_record(current.local_state_dir, name):
         raise ConfigError(f"sweep {name} exists: choose another --name")
     module, _ = validate(req)
-    commit = batch_engine.push_for(cloud, KIT_ROOT, req, print)
+    commit = push_for(cloud, KIT_ROOT, req, print)
     spec = batch_engine.shared_spec(current, req, module, commit)
     document = sweeps.sweep_document(name, req.example, spec, points, time.time())
     jobs = [f"{name}-p{index}" for index in range(len(points))]
-    machine = batch_engine.machine_for(
-        current, cloud.compute.image_from_family(current.image_family)
-    )
+    machine = machine_for(current, cloud.compute.image_from_family(current.image_family))
     sweeps.write_sweep(store, document)
     record = sweeps.new_record(
         name, jobstore.ENGINE_VMS, len(points), jobs=jobs, sweep_url=url, example=req.example,

@@ -23,7 +23,7 @@ from localgce import discovery
 from localgce.batch.jobs import Jobs
 from localgce.batch.runner import Runner
 from localgce.batch.tasks import Tasks
-from localgce.errors import method_not_allowed, not_found, not_implemented
+from localgce.errors import not_found, not_implemented
 from localgce.httpserver import Request, Response
 from localgce.images import Images
 from localgce.lifecycle import Lifecycle
@@ -78,17 +78,7 @@ def methods() -> dict[str, discovery.Method]:
 
 
 def resolve(verb: str, path: str) -> tuple[discovery.Method, dict[str, str]] | None:
-    path_known = False
-    for method in methods().values():
-        match = method.regex.fullmatch(path)
-        if not match:
-            continue
-        path_known = True
-        if method.http_method == verb:
-            return method, match.groupdict()
-    if path_known:
-        raise method_not_allowed(verb, path)
-    return None
+    return discovery.match_method(methods().values(), verb, path)
 
 
 def enum_names(spec: dict, value):

@@ -298,7 +298,7 @@ def test_a_vms_sweep_runs_one_supervised_launch_per_point_at_most_p_at_a_time(
     monkeypatch.setattr(launch, "launch", fake_launch)
     monkeypatch.setattr(cli, "_supervise", fake_supervise)
     monkeypatch.setattr(cli, "load_sdk_before_supervising", lambda: None)
-    monkeypatch.setattr(batch_engine, "push_for", lambda *a: "c" * 40)
+    monkeypatch.setattr(launch, "push_for", lambda *a: "c" * 40)
     settings = SimpleNamespace(
         job_bucket="b", local_state_dir=tmp_path / "state", zones=ZONES, trainer_repo="",
         image_family="f", machine_type="n1", gpu_type="", gpu_count=0, provisioning="spot",
