@@ -125,6 +125,23 @@ def push_code(c: Any, branch: str, include: tuple[str, ...] = ()) -> str:
     return result.commit
 
 
+def request_settings(c: Any, req: TrainRequest) -> Settings:
+    """The settings with the request's machine flags applied (train and sweep alike)."""
+    gpu_type, gpu_count = parse_gpu(req.gpu) if req.gpu is not None else (None, None)
+    current = settings(
+        c,
+        machine_type=req.machine_type,
+        provisioning=req.provisioning,
+        max_run_hours=req.max_run_hours,
+        gpu_type=gpu_type,
+        gpu_count=gpu_count,
+    )
+    if req.zone is not None:
+        # --zone puts that zone first; the others stay as fallbacks.
+        current = current.with_flags(zones=zones_from(req.zone, current.zones))
+    return current
+
+
 def check_engine(engine: str) -> str:
     if engine not in batch_engine.ENGINES:
         raise ConfigError(
@@ -140,18 +157,7 @@ def train(c: Any, req: TrainRequest, engine: str = jobstore.ENGINE_VMS) -> None:
     and returns once it is queued."""
     with user_errors():
         check_engine(engine)
-        gpu_type, gpu_count = parse_gpu(req.gpu) if req.gpu is not None else (None, None)
-        current = settings(
-            c,
-            machine_type=req.machine_type,
-            provisioning=req.provisioning,
-            max_run_hours=req.max_run_hours,
-            gpu_type=gpu_type,
-            gpu_count=gpu_count,
-        )
-        if req.zone is not None:
-            # --zone puts that zone first; the others stay as fallbacks.
-            current = current.with_flags(zones=zones_from(req.zone, current.zones))
+        current = request_settings(c, req)
         validate(req)
         # Chaos picks rehearsal moments, not secrets: a plain PRNG is right.
         rng = random.Random()  # noqa: S311

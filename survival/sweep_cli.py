@@ -16,10 +16,9 @@ from survival import batch_engine, jobstore
 from survival import sweep as sweeps
 from survival.backend import Cloud, open_cloud
 from survival.chaos import Chaos
-from survival.config import KIT_ROOT, Settings, parse_gpu
+from survival.config import KIT_ROOT
 from survival.errors import ConfigError, SurvivalError
 from survival.instance_spec import MachineSpec
-from survival.placement import zones_from
 from survival.progress import read_progress
 from survival.report import _age, stop_causes
 from survival.request import TrainRequest, default_name, validate
@@ -28,24 +27,6 @@ from survival.request import TrainRequest, default_name, validate
 MAX_SWEEP_NAME = 56
 DEFAULT_NAME_BRANCH_CHARS = 30
 STOPPING = ("DELETION_IN_PROGRESS", "CANCELLATION_IN_PROGRESS")
-
-
-def request_settings(c: Any, req: TrainRequest) -> Settings:
-    """The settings with the request's machine flags applied (as `invoke train` does)."""
-    from survival.cli import settings
-
-    gpu_type, gpu_count = parse_gpu(req.gpu) if req.gpu is not None else (None, None)
-    current = settings(
-        c,
-        machine_type=req.machine_type,
-        provisioning=req.provisioning,
-        max_run_hours=req.max_run_hours,
-        gpu_type=gpu_type,
-        gpu_count=gpu_count,
-    )
-    if req.zone is not None:
-        current = current.with_flags(zones=zones_from(req.zone, current.zones))
-    return current
 
 
 def sweep(
@@ -61,7 +42,7 @@ def sweep(
     """Expand and validate every point before anything is pushed or created; then submit one
     Batch job (engine batch, returns once queued) or run the points' supervisors, at most
     ``parallelism`` at a time (engine vms)."""
-    from survival.cli import check_engine, preflight, user_errors
+    from survival.cli import check_engine, preflight, request_settings, user_errors
 
     with user_errors():
         check_engine(engine)
